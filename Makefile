@@ -1,0 +1,65 @@
+# shardd build entry points. CI runs `make test` through .ci/run.
+
+GO ?= go
+GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
+
+# Packages with benchmarks; later issues extend this list.
+BENCH_PKGS ?= ./group/... ./raftpb/...
+FUZZTIME ?= 30s
+
+.DEFAULT_GOAL := build
+
+.PHONY: build test race vet lint bench fuzz-short cover demo proto sim-long chaos
+
+build:
+	$(GO) build ./...
+
+# What CI runs: vet, then every package under the race detector.
+test:
+	$(GO) vet ./...
+	$(GO) test -race -timeout 20m ./...
+
+race:
+	$(GO) test -race ./...
+
+vet:
+	$(GO) vet ./...
+
+# Fails if any Go file is not gofmt-formatted (or does not parse), then vets.
+lint:
+	@unformatted="$$($(GOFMT) -l .)" || exit 1; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt: these files need formatting:"; echo "$$unformatted"; exit 1; \
+	fi
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem $(BENCH_PKGS)
+
+# Runs every fuzz target of every package for $(FUZZTIME), one target at a time
+# (go test -fuzz accepts one package and one target per run).
+fuzz-short:
+	@set -e; \
+	for pkg in $$($(GO) list ./...); do \
+		names="$$($(GO) test -list '^Fuzz' $$pkg)" || exit 1; \
+		for name in $$(printf '%s\n' "$$names" | grep '^Fuzz' || true); do \
+			echo "== fuzz $$pkg $$name for $(FUZZTIME)"; \
+			$(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+cover:
+	$(GO) test -coverprofile=cover.out ./group/...
+	@$(GO) tool cover -func=cover.out | grep '^total:'
+
+demo:
+	@echo "demo arrives with cmd/shardd (issue 6)" >&2; exit 1
+
+proto:
+	@echo "nothing to generate: raftpb's codec is hand-written from raftpb/raftpb.proto"
+
+sim-long:
+	@echo "sim-long: not yet implemented (issue 8)" >&2; exit 1
+
+chaos:
+	@echo "chaos: not yet implemented (issue 8)" >&2; exit 1
