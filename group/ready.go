@@ -41,7 +41,10 @@ type ReadState struct {
 //     and then CommittedEntries to the state machine (in that order, after
 //     everything released earlier), and call Advance.
 //
-// Several Readys may be outstanding; they must be advanced in order.
+// Several Readys may be outstanding; they must be advanced in order. The
+// Messages and AfterPersist slices return to the core with Advance: the
+// caller copies the messages out (sending does) and keeps no reference to
+// the slices after Advance.
 type Ready struct {
 	// SoftState is set when the leader or this replica's role changed.
 	SoftState *SoftState
@@ -135,8 +138,9 @@ func (g *Group) Ready() Ready {
 		g.prevHard = hs
 	}
 	if ss := g.softState(); ss != g.prevSoft {
-		rd.SoftState = &ss
 		g.prevSoft = ss
+		rd.SoftState = new(SoftState)
+		*rd.SoftState = ss
 	}
 	if g.confChanged {
 		cs := g.trk.ConfState()
@@ -185,6 +189,13 @@ func (g *Group) Advance(rd Ready) error {
 		return fmt.Errorf("%w: got Ready %d, expected %d", ErrAdvanceOutOfOrder, rd.seq, g.advanceSeq+1)
 	}
 	g.advanceSeq = rd.seq
+	// Recycle the message slices (see Ready): no allocation per pass.
+	if g.msgs == nil && cap(rd.Messages) > 0 {
+		g.msgs = rd.Messages[:0]
+	}
+	if g.msgsPersist == nil && cap(rd.AfterPersist) > 0 {
+		g.msgsPersist = rd.AfterPersist[:0]
+	}
 	if rd.Snapshot != nil {
 		g.log.unstable.stableSnapTo(rd.Snapshot.Index)
 	}

@@ -24,6 +24,7 @@ type Faults struct {
 	TransferRate float64 // per tick
 	ProposeRate  float64 // per tick
 	ReadRate     float64 // per tick
+	QuietRate    float64 // per tick: start a quiet period (no load; leader asked to quiesce)
 	PreVote      bool
 	CheckQuorum  bool
 	LeaseReads   bool
@@ -31,9 +32,10 @@ type Faults struct {
 
 func (f Faults) String() string {
 	return fmt.Sprintf("voters=%d drop=%.2f dup=%.2f delay<=%d persistDelay<=%d crash=%.3f part=%.3f "+
-		"snap=%.3f conf=%.3f transfer=%.3f propose=%.2f read=%.2f prevote=%v checkquorum=%v lease=%v",
+		"snap=%.3f conf=%.3f transfer=%.3f propose=%.2f read=%.2f quiet=%.3f prevote=%v checkquorum=%v lease=%v",
 		f.Voters, f.DropRate, f.DupRate, f.MaxDelay, f.PersistDelay, f.CrashRate, f.PartRate,
-		f.SnapRate, f.ConfRate, f.TransferRate, f.ProposeRate, f.ReadRate, f.PreVote, f.CheckQuorum, f.LeaseReads)
+		f.SnapRate, f.ConfRate, f.TransferRate, f.ProposeRate, f.ReadRate, f.QuietRate, f.PreVote,
+		f.CheckQuorum, f.LeaseReads)
 }
 
 // StepsPerTick is the number of simulated steps per replica tick.
@@ -58,6 +60,7 @@ func DrawFaults(seed uint64, voters int) Faults {
 		TransferRate: r.Float64() * 0.02,
 		ProposeRate:  0.2 + r.Float64()*2,
 		ReadRate:     r.Float64() * 0.5,
+		QuietRate:    r.Float64() * 0.02,
 		PreVote:      r.IntN(4) != 0,
 		CheckQuorum:  r.IntN(4) != 0,
 	}
@@ -75,6 +78,7 @@ type RunResult struct {
 	ConfApply  int
 	ReadsOK    int
 	StepErrors int
+	Quiesced   int
 }
 
 type pendingRead struct {
@@ -113,7 +117,8 @@ func Run(seed uint64, voters int, ticks int) (RunResult, error) {
 		return res, err
 	}
 	c.Net.DropRate, c.Net.DupRate, c.Net.MaxDelay = f.DropRate, f.DupRate, f.MaxDelay
-	d := &driver{c: c, f: f, res: &res, downUntil: map[raftpb.NodeID]int64{}}
+	d := &driver{c: c, f: f, res: &res, downUntil: map[raftpb.NodeID]int64{},
+		unreachable: map[[2]raftpb.NodeID]int64{}}
 	for tick := 0; tick < ticks && c.Err() == nil; tick++ {
 		d.tick(true)
 	}
@@ -124,6 +129,7 @@ func Run(seed uint64, voters int, ticks int) (RunResult, error) {
 		return res, err
 	}
 	res.Committed = c.CommittedIndex()
+	res.Elections = len(c.oracle.leaders)
 	res.StepErrors = c.StepErrors()
 	for _, r := range c.Replicas {
 		res.Restarts += r.Restarts
@@ -140,7 +146,16 @@ type driver struct {
 	readSeq   uint64
 	reads     []pendingRead
 	keySeq    int
+	// quietUntil: no load until then; the leader is asked to quiesce.
+	quietUntil int64
+	// unreachable[{observer, peer}] is the tick the link went bad (or -1
+	// once reported), like a transport's liveness check.
+	unreachable map[[2]raftpb.NodeID]int64
 }
+
+// livenessTicks is how long a peer must be unreachable before the
+// observer is told (the transport's missed-ping bound).
+const livenessTicks = 3
 
 // tick advances one replica tick: StepsPerTick steps of delivery and
 // persistence, each replica's Tick, and (with faults) random events.
@@ -161,6 +176,10 @@ func (d *driver) tick(faults bool) {
 		c.Tick(id)
 	}
 	d.checkReads()
+	d.reportLiveness()
+	if c.Now < d.quietUntil || !faults {
+		d.quiesce()
+	}
 	if !faults {
 		return
 	}
@@ -204,11 +223,56 @@ func (d *driver) tick(faults bool) {
 			c.Process(lead)
 		}
 	}
+	if r.Float64() < d.f.QuietRate {
+		d.quietUntil = c.Now + int64(20+r.IntN(100))*StepsPerTick
+	}
+	if c.Now < d.quietUntil {
+		return
+	}
 	for n := poisson(r, d.f.ProposeRate); n > 0; n-- {
 		d.propose()
 	}
 	for n := poisson(r, d.f.ReadRate); n > 0; n-- {
 		d.read()
+	}
+}
+
+// quiesce asks the leader to quiesce, as the engine does for an idle shard.
+func (d *driver) quiesce() {
+	c := d.c
+	if lead := c.Leader(); lead != 0 {
+		if c.Replicas[lead].G.Quiesce() {
+			d.res.Quiesced++
+			c.Process(lead)
+		}
+	}
+}
+
+// reportLiveness tells each live replica about peers it has not been able
+// to reach (down, or the link cut either way) for livenessTicks, once per
+// outage, as the transport's node liveness does.
+func (d *driver) reportLiveness() {
+	c := d.c
+	for _, obs := range c.IDs {
+		ro := c.Replicas[obs]
+		for _, peer := range c.IDs {
+			if peer == obs {
+				continue
+			}
+			key := [2]raftpb.NodeID{obs, peer}
+			bad := ro.Down || c.Replicas[peer].Down || c.Net.Blocked(obs, peer) || c.Net.Blocked(peer, obs)
+			since, seen := d.unreachable[key]
+			switch {
+			case !bad:
+				delete(d.unreachable, key)
+			case !seen:
+				d.unreachable[key] = c.Now
+			case since >= 0 && c.Now-since >= livenessTicks*StepsPerTick && !ro.Down:
+				ro.G.ReportUnreachable(peer)
+				c.Process(obs)
+				d.unreachable[key] = -1
+			}
+		}
 	}
 }
 
