@@ -486,7 +486,7 @@ func (g *Group) hup(t campaignType) {
 	if !g.promotable() {
 		return
 	}
-	if g.log.hasUnreleasedConfChange() {
+	if g.log.hasUnreleasedConfChange(g.confIndex) {
 		g.lg.Info("not campaigning: a committed membership change is not applied yet",
 			"shard", g.shard, "id", g.id)
 		return

@@ -322,11 +322,12 @@ func (l *raftLog) nextCommittedEnts() []raftpb.Entry {
 	return ents
 }
 
-// hasUnreleasedConfChange reports whether a committed membership change is
-// not yet released for applying; a replica must not campaign then, as its
+// hasUnreleasedConfChange reports whether a committed membership change
+// after inForce (the index of the change already in force) is not yet
+// released for applying; a replica must not campaign then, as its
 // membership is about to change.
-func (l *raftLog) hasUnreleasedConfChange() bool {
-	lo, hi := l.applying+1, l.committed+1
+func (l *raftLog) hasUnreleasedConfChange(inForce raftpb.Index) bool {
+	lo, hi := max(l.applying, inForce)+1, l.committed+1
 	for lo < hi {
 		ents, err := l.slice(lo, hi, l.maxApplyBytes)
 		if err != nil || len(ents) == 0 {

@@ -22,22 +22,20 @@ func (g *Group) Step(m raftpb.Message) error {
 	if !g.stepTerm(&m) {
 		return nil
 	}
-	switch m.Type {
-	case raftpb.MsgVote, raftpb.MsgPreVote:
-		g.handleVoteRequest(&m)
-		return nil
-	}
 	var err error
-	switch g.role {
-	case Leader:
+	switch {
+	case m.Type == raftpb.MsgVote || m.Type == raftpb.MsgPreVote:
+		g.handleVoteRequest(&m)
+	case g.role == Leader:
 		err = g.stepLeader(&m)
-	case Candidate, PreCandidate:
+	case g.role == Candidate || g.role == PreCandidate:
 		err = g.stepCandidate(&m)
 	default:
 		err = g.stepFollower(&m)
 	}
-	if err == nil {
-		err = g.log.err
+	// A storage failure during the step wins over anything else.
+	if g.log.err != nil {
+		return g.log.err
 	}
 	return err
 }

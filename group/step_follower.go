@@ -21,7 +21,7 @@ func (g *Group) stepFollower(m *raftpb.Message) error {
 	case raftpb.MsgQuiesce:
 		g.handleQuiesce(m)
 	case raftpb.MsgTimeoutNow:
-		if g.promotable() && !g.log.hasUnreleasedConfChange() {
+		if g.promotable() && !g.log.hasUnreleasedConfChange(g.confIndex) {
 			g.lg.Info("campaigning on leadership transfer", "shard", g.shard, "id", g.id, "term", g.term)
 			g.campaign(campaignTransfer)
 		} else {
