@@ -53,27 +53,53 @@ func TestInvalidMessagesRejectedWithoutChange(t *testing.T) {
 		return m
 	}
 	for name, m := range map[string]raftpb.Message{
-		"unknown type":       with(func(m *raftpb.Message) { m.Type = 99 }),
-		"invalid type":       with(func(m *raftpb.Message) { m.Type = raftpb.MsgInvalid }),
-		"other shard":        with(func(m *raftpb.Message) { m.Shard = 2 }),
-		"other recipient":    with(func(m *raftpb.Message) { m.To = 9 }),
-		"no sender":          with(func(m *raftpb.Message) { m.From = 0 }),
-		"from itself":        with(func(m *raftpb.Message) { m.From = f }),
-		"term zero":          with(func(m *raftpb.Message) { m.Term = 0 }),
-		"term max":           with(func(m *raftpb.Message) { m.Term = 1<<64 - 1 }),
-		"index max":          with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1 << 63 }),
-		"prop with term":     with(func(m *raftpb.Message) { m.Type = raftpb.MsgProp }),
-		"log term > term":    with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.LogTerm = term + 1 }),
-		"entries on beat":    with(func(m *raftpb.Message) { m.Entries = []raftpb.Entry{{Index: 1, Term: 1}} }),
-		"snapshot on beat":   with(func(m *raftpb.Message) { m.Snapshot = &raftpb.SnapshotMeta{Index: 5, Term: 1} }),
-		"snap without meta":  with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap }),
-		"snap index 0":       with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap; m.Snapshot = &raftpb.SnapshotMeta{Term: 1} }),
-		"snap term > msg":    with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap; m.Snapshot = &raftpb.SnapshotMeta{Index: 9, Term: term + 1} }),
-		"snap no voters":     with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap; m.Snapshot = &raftpb.SnapshotMeta{Index: 99, Term: 1} }),
-		"append gap":         with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1; m.LogTerm = 1; m.Entries = []raftpb.Entry{{Index: 3, Term: 1}} }),
-		"append term down":   with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1; m.LogTerm = 2; m.Entries = []raftpb.Entry{{Index: 2, Term: 1}} }),
-		"append term > msg":  with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1; m.LogTerm = 1; m.Entries = []raftpb.Entry{{Index: 2, Term: term + 1}} }),
-		"append bad type":    with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1; m.LogTerm = 1; m.Entries = []raftpb.Entry{{Index: 2, Term: 1, Type: 7}} }),
+		"unknown type":      with(func(m *raftpb.Message) { m.Type = 99 }),
+		"invalid type":      with(func(m *raftpb.Message) { m.Type = raftpb.MsgInvalid }),
+		"other shard":       with(func(m *raftpb.Message) { m.Shard = 2 }),
+		"other recipient":   with(func(m *raftpb.Message) { m.To = 9 }),
+		"no sender":         with(func(m *raftpb.Message) { m.From = 0 }),
+		"from itself":       with(func(m *raftpb.Message) { m.From = f }),
+		"term zero":         with(func(m *raftpb.Message) { m.Term = 0 }),
+		"term max":          with(func(m *raftpb.Message) { m.Term = 1<<64 - 1 }),
+		"index max":         with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.Index = 1 << 63 }),
+		"prop with term":    with(func(m *raftpb.Message) { m.Type = raftpb.MsgProp }),
+		"log term > term":   with(func(m *raftpb.Message) { m.Type = raftpb.MsgApp; m.LogTerm = term + 1 }),
+		"entries on beat":   with(func(m *raftpb.Message) { m.Entries = []raftpb.Entry{{Index: 1, Term: 1}} }),
+		"snapshot on beat":  with(func(m *raftpb.Message) { m.Snapshot = &raftpb.SnapshotMeta{Index: 5, Term: 1} }),
+		"snap without meta": with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap }),
+		"snap index 0":      with(func(m *raftpb.Message) { m.Type = raftpb.MsgSnap; m.Snapshot = &raftpb.SnapshotMeta{Term: 1} }),
+		"snap term > msg": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgSnap
+			m.Snapshot = &raftpb.SnapshotMeta{Index: 9, Term: term + 1}
+		}),
+		"snap no voters": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgSnap
+			m.Snapshot = &raftpb.SnapshotMeta{Index: 99, Term: 1}
+		}),
+		"append gap": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgApp
+			m.Index = 1
+			m.LogTerm = 1
+			m.Entries = []raftpb.Entry{{Index: 3, Term: 1}}
+		}),
+		"append term down": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgApp
+			m.Index = 1
+			m.LogTerm = 2
+			m.Entries = []raftpb.Entry{{Index: 2, Term: 1}}
+		}),
+		"append term > msg": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgApp
+			m.Index = 1
+			m.LogTerm = 1
+			m.Entries = []raftpb.Entry{{Index: 2, Term: term + 1}}
+		}),
+		"append bad type": with(func(m *raftpb.Message) {
+			m.Type = raftpb.MsgApp
+			m.Index = 1
+			m.LogTerm = 1
+			m.Entries = []raftpb.Entry{{Index: 2, Term: 1, Type: 7}}
+		}),
 		"prop bad type":      with(func(m *raftpb.Message) { m.Type = raftpb.MsgProp; m.Term = 0; m.Entries = []raftpb.Entry{{Type: 9}} }),
 		"second leader term": with(func(m *raftpb.Message) { m.To = lead; m.From = f }),
 	} {
