@@ -49,7 +49,7 @@ fuzz-short:
 	done
 
 cover:
-	$(GO) test -coverprofile=cover.out ./group/...
+	$(GO) test -coverpkg=./group/... -coverprofile=cover.out ./group/...
 	@$(GO) tool cover -func=cover.out | grep '^total:'
 
 demo:
