@@ -85,13 +85,30 @@ func (g *Group) applyConfChangeEntry(e *raftpb.Entry) {
 		g.lg.Warn("membership change skipped", "shard", g.shard, "index", e.Index, "err", err)
 		return
 	}
+	old := g.trk.Members()
 	g.trk.Install(res)
 	g.confIndex = e.Index
 	g.confChanged = true
 	g.lg.Info("membership changed", "shard", g.shard, "id", g.id, "index", e.Index,
 		"config", g.trk.Config.String())
 	if g.role == Leader {
+		g.tellRemoved(old)
 		g.leaderConfigChanged()
+	}
+}
+
+// tellRemoved sends each member that the change removed one last append
+// carrying the commit index, so it learns that its removal is committed:
+// otherwise it would restart as a voter of its old configuration and
+// campaign, in vain, for ever (S21).
+func (g *Group) tellRemoved(old []*tracker.Progress) {
+	for _, pr := range old {
+		if pr.ID == g.id || g.trk.IsMember(pr.ID) {
+			continue
+		}
+		// pr is no longer tracked: reset its flow to send from the match.
+		pr.BecomeProbe()
+		g.maybeSendAppend(pr, true)
 	}
 }
 

@@ -130,7 +130,7 @@ func (g *Group) stepTerm(m *raftpb.Message) bool {
 		return true
 	case m.Term > g.term:
 		if m.Type == raftpb.MsgVote || m.Type == raftpb.MsgPreVote {
-			if !g.trk.IsMember(m.From) {
+			if g.ignoresVotesFrom(m.From) {
 				// S05: a node outside the membership (removed, or not yet
 				// known here) cannot make us change term.
 				g.lg.Debug("ignoring vote request from a non-member", "shard", g.shard, "from", m.From)
@@ -193,9 +193,18 @@ func (g *Group) answerStale(m *raftpb.Message) {
 	}
 }
 
+// ignoresVotesFrom reports whether vote requests from id are ignored: it is
+// not a member of our configuration (S05: a removed node cannot disturb the
+// shard). A replica that knows no membership yet (it is joining) answers
+// everybody: it may already be a voter whose vote a new configuration needs.
+func (g *Group) ignoresVotesFrom(id raftpb.NodeID) bool {
+	known := len(g.trk.Voters[0]) > 0 || g.trk.Voters.Joint()
+	return known && !g.trk.IsMember(id)
+}
+
 // handleVoteRequest decides a MsgVote or MsgPreVote at or above our term.
 func (g *Group) handleVoteRequest(m *raftpb.Message) {
-	if !g.trk.IsMember(m.From) {
+	if g.ignoresVotesFrom(m.From) {
 		return
 	}
 	canVote := g.vote == m.From ||
