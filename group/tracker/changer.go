@@ -232,6 +232,16 @@ func (t *ProgressTracker) Install(r Result) {
 // Restore sets the tracker to the persisted membership cs, with fresh
 // progress for every member (next = lastIndex+1).
 func (t *ProgressTracker) Restore(cs raftpb.ConfState, lastIndex raftpb.Index) error {
+	// cs may come from a snapshot or from disk: check what the changer
+	// never produces. Only a replica that is joining knows no members.
+	for _, ids := range [][]raftpb.NodeID{cs.Voters, cs.VotersOutgoing, cs.Learners, cs.LearnersNext} {
+		if slices.Contains(ids, raftpb.None) {
+			return invalid("node id 0 in %v", cs)
+		}
+	}
+	if len(cs.Voters) == 0 && (len(cs.VotersOutgoing) > 0 || len(cs.Learners) > 0 || len(cs.LearnersNext) > 0) {
+		return invalid("members without incoming voters: %v", cs)
+	}
 	r := Result{Config: Config{
 		Voters: quorum.JointConfig{
 			quorum.NewMajorityConfig(cs.Voters...),
