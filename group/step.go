@@ -3,6 +3,7 @@ package group
 import (
 	"fmt"
 
+	"github.com/shardd/shardd/group/tracker"
 	"github.com/shardd/shardd/raftpb"
 )
 
@@ -14,6 +15,9 @@ func (g *Group) Step(m raftpb.Message) error {
 		return g.log.err
 	}
 	if err := g.validate(&m); err != nil {
+		return err
+	}
+	if err := g.checkAgainstLog(&m); err != nil {
 		return err
 	}
 	if m.Type != raftpb.MsgQuiesce {
@@ -99,6 +103,39 @@ func (g *Group) validate(m *raftpb.Message) error {
 		}
 	}
 	return nil
+}
+
+// checkAgainstLog refuses, before anything changes (the term included),
+// appends and snapshots that contradict our committed log or carry an
+// impossible membership: no correct leader sends them (S26c).
+func (g *Group) checkAgainstLog(m *raftpb.Message) error {
+	l := g.log
+	switch m.Type {
+	case raftpb.MsgApp:
+		for i := range m.Entries {
+			e := &m.Entries[i]
+			if e.Index > l.committed {
+				break
+			}
+			if t, err := l.term(e.Index); err == nil && t != e.Term {
+				return invalidMsg(m, "entry %d term %d rewrites committed term %d", e.Index, e.Term, t)
+			}
+		}
+	case raftpb.MsgSnap:
+		s := m.Snapshot
+		if s.Index <= l.committed {
+			if t, err := l.term(s.Index); err == nil && t != s.Term {
+				g.lg.Error("snapshot conflicts with a committed entry", "shard", g.shard, "id", g.id,
+					"index", s.Index, "snapTerm", s.Term, "ourTerm", t)
+				return invalidMsg(m, "snapshot %d/%d conflicts with committed term %d", s.Term, s.Index, t)
+			}
+			return nil
+		}
+		if err := tracker.New(1, 0).Restore(s.ConfState, s.Index); err != nil {
+			return invalidMsg(m, "snapshot membership: %v", err)
+		}
+	}
+	return l.err
 }
 
 // validateAppend checks that a MsgApp's entries follow (LogTerm, Index)

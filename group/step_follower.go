@@ -126,25 +126,16 @@ func (g *Group) handleHeartbeat(m *raftpb.Message) {
 }
 
 // handleSnapshot installs a snapshot if it moves us forward, and answers
-// with our commit index either way.
+// with our commit index either way. A snapshot contradicting our committed
+// log was refused before anything changed (checkAgainstLog).
 func (g *Group) handleSnapshot(m *raftpb.Message) error {
-	s := *m.Snapshot
-	taken, err := g.restore(s)
+	taken, err := g.restore(*m.Snapshot)
 	if err != nil {
 		return invalidMsg(m, "%v", err)
 	}
 	if taken {
 		g.send(raftpb.Message{Type: raftpb.MsgAppResp, To: m.From, Index: g.log.lastIndex()})
 		return nil
-	}
-	if s.Index <= g.log.committed {
-		if t, err := g.log.term(s.Index); err == nil && t != s.Term {
-			// S26(c): a snapshot disagreeing with our committed log cannot
-			// come from a correct leader. Refuse it loudly.
-			g.lg.Error("snapshot conflicts with a committed entry", "shard", g.shard, "id", g.id,
-				"index", s.Index, "snapTerm", s.Term, "ourTerm", t)
-			return invalidMsg(m, "snapshot %d/%d conflicts with committed term %d", s.Term, s.Index, t)
-		}
 	}
 	// S26(a): stale snapshot ignored; the reply reports how far we are.
 	g.send(raftpb.Message{Type: raftpb.MsgAppResp, To: m.From, Index: g.log.committed})
