@@ -1,17 +1,26 @@
 package group
 
-import "errors"
+import (
+	"errors"
 
+	"github.com/shardd/shardd/raftpb"
+)
+
+// The LogReader errors are raftpb's, so storage packages return them
+// without importing the core.
 var (
 	// ErrCompacted is returned by a LogReader for an index below its first
 	// available entry: the entry exists only inside a snapshot.
-	ErrCompacted = errors.New("group: requested index is compacted")
+	ErrCompacted = raftpb.ErrCompacted
 	// ErrUnavailable is returned by a LogReader for an index beyond its last
 	// entry.
-	ErrUnavailable = errors.New("group: requested entry is unavailable")
+	ErrUnavailable = raftpb.ErrUnavailable
 	// ErrSnapshotTemporarilyUnavailable is returned by a LogReader that has
 	// no snapshot to offer yet; the leader retries later.
-	ErrSnapshotTemporarilyUnavailable = errors.New("group: snapshot temporarily unavailable")
+	ErrSnapshotTemporarilyUnavailable = raftpb.ErrSnapshotTemporarilyUnavailable
+)
+
+var (
 
 	// ErrProposalDropped is returned when a proposal cannot be accepted now:
 	// no leader is known, forwarding is off on a follower, a leadership

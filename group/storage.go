@@ -30,12 +30,6 @@ type LogReader interface {
 	Snapshot() (raftpb.SnapshotMeta, error)
 }
 
-// InitialState is a replica's persisted state at restart.
-type InitialState struct {
-	HardState raftpb.HardState
-	// ConfState is the membership after applying every membership change up
-	// to and including ConfIndex. A new replica has its initial members
-	// here, with ConfIndex 0.
-	ConfState raftpb.ConfState
-	ConfIndex raftpb.Index
-}
+// InitialState is a replica's persisted state at restart (an alias, so that
+// storage packages implement LogReader without importing the core).
+type InitialState = raftpb.DurableState
