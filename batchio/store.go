@@ -95,9 +95,11 @@ type Store struct {
 
 	pipe *pipeline
 	// Writer-goroutine state.
-	batch *pebble.Batch
-	cache entryCache
-	touch map[*shardState]*pendingShard
+	batch   *pebble.Batch
+	cache   entryCache
+	byID    map[raftpb.ShardID]*pendingShard // the shards the flush touches
+	views   []*pendingShard                  // pooled views
+	scratch []scratchView                    // validation's running copies
 
 	stats     counters
 	closeOnce sync.Once
@@ -214,7 +216,7 @@ func Open(opts Options) (*Store, error) {
 		shards: map[raftpb.ShardID]*shardState{},
 		batch:  db.NewBatch(),
 		cache:  entryCache{maxBytes: opts.CacheBytes},
-		touch:  map[*shardState]*pendingShard{},
+		byID:   map[raftpb.ShardID]*pendingShard{},
 	}
 	if err := s.load(); err != nil {
 		_ = db.Close()
