@@ -1,0 +1,178 @@
+package shard
+
+import (
+	"github.com/shardd/shardd/group"
+	"github.com/shardd/shardd/raftpb"
+)
+
+// drained is what a step takes out of the inbox.
+type drained struct {
+	msgs        []raftpb.Message
+	props       []*Proposal
+	reads       []*ReadRequest
+	ticks       int
+	transfers   []raftpb.NodeID
+	unreachable []raftpb.NodeID
+	snapReports []snapReport
+	persisted   []group.Ready
+	campaign    bool
+	stopped     bool
+}
+
+// take swaps everything queued out of the inbox.
+func (in *inbox) take() drained {
+	in.mu.Lock()
+	d := drained{in.msgs, in.props, in.reads, in.ticks, in.transfers, in.unreachable,
+		in.snapReports, in.persisted, in.campaign, in.stopped}
+	in.msgs, in.props, in.reads = nil, nil, nil
+	in.ticks, in.transfers, in.unreachable, in.snapReports = 0, nil, nil, nil
+	in.persisted, in.campaign = nil, false
+	in.mu.Unlock()
+	return d
+}
+
+// The inbox methods may be called from any goroutine. Each returns quickly;
+// the engine then marks the replica ready so a step worker drains the inbox.
+
+// AddMessages queues messages received for this replica.
+func (r *Replica) AddMessages(msgs ...raftpb.Message) {
+	r.in.mu.Lock()
+	r.in.msgs = append(r.in.msgs, msgs...)
+	r.in.mu.Unlock()
+}
+
+// Propose queues a command; the returned proposal completes once this
+// replica applied it (or its fate is decided otherwise).
+func (r *Replica) Propose(key uint64, cmd []byte) (*Proposal, error) {
+	return r.enqueueProposal(newProposal(key, cmd, nil))
+}
+
+// ProposeConfChange queues a membership change.
+func (r *Replica) ProposeConfChange(key uint64, cc raftpb.ConfChange) (*Proposal, error) {
+	return r.enqueueProposal(newProposal(key, nil, &cc))
+}
+
+func (r *Replica) enqueueProposal(p *Proposal) (*Proposal, error) {
+	r.in.mu.Lock()
+	defer r.in.mu.Unlock()
+	switch {
+	case r.in.stopped:
+		return nil, ErrStopped
+	case len(r.in.props) >= r.cfg.MaxPendingProposals:
+		return nil, ErrBusy
+	}
+	r.in.props = append(r.in.props, p)
+	return p, nil
+}
+
+// Read queues a linearizable read: reads queued between two steps share
+// one ReadIndex round.
+func (r *Replica) Read() (*ReadRequest, error) {
+	rr := &ReadRequest{done: make(chan struct{})}
+	r.in.mu.Lock()
+	defer r.in.mu.Unlock()
+	if r.in.stopped {
+		return nil, ErrStopped
+	}
+	r.in.reads = append(r.in.reads, rr)
+	return rr, nil
+}
+
+// Tick queues one tick of the replica's logical clock.
+func (r *Replica) Tick() {
+	r.in.mu.Lock()
+	r.in.ticks++
+	r.in.mu.Unlock()
+}
+
+// TransferLeader asks for leadership to move to target.
+func (r *Replica) TransferLeader(target raftpb.NodeID) {
+	r.in.mu.Lock()
+	r.in.transfers = append(r.in.transfers, target)
+	r.in.mu.Unlock()
+}
+
+// ReportUnreachable tells the replica that node cannot be reached.
+func (r *Replica) ReportUnreachable(node raftpb.NodeID) {
+	r.in.mu.Lock()
+	r.in.unreachable = append(r.in.unreachable, node)
+	r.in.mu.Unlock()
+}
+
+// ReportSnapshot tells the replica how sending a snapshot to node ended.
+func (r *Replica) ReportSnapshot(node raftpb.NodeID, ok bool) {
+	r.in.mu.Lock()
+	r.in.snapReports = append(r.in.snapReports, snapReport{to: node, ok: ok})
+	r.in.mu.Unlock()
+}
+
+// Campaign asks the replica to start an election.
+func (r *Replica) Campaign() {
+	r.in.mu.Lock()
+	r.in.campaign = true
+	r.in.mu.Unlock()
+}
+
+// Persisted tells the replica that rd's persist is durable (the engine has
+// sent rd.AfterPersist). It queues the Advance for the next step and the
+// snapshot and committed entries for the apply worker. It reports whether
+// there is something to apply.
+func (r *Replica) Persisted(rd group.Ready) bool {
+	r.in.mu.Lock()
+	r.in.persisted = append(r.in.persisted, rd)
+	r.in.mu.Unlock()
+	if rd.Snapshot == nil && len(rd.CommittedEntries) == 0 && rd.ConfState == nil {
+		return false
+	}
+	t := applyTask{snap: rd.Snapshot, ents: rd.CommittedEntries, conf: rd.ConfState, confIndex: rd.ConfIndex}
+	r.applyMu.Lock()
+	r.applyQ = append(r.applyQ, t)
+	r.applyMu.Unlock()
+	return true
+}
+
+// RequestSnapshot asks the apply worker for a snapshot now; the channel
+// receives its index once it is recorded.
+func (r *Replica) RequestSnapshot() <-chan snapResult {
+	ch := make(chan snapResult, 1)
+	r.applyMu.Lock()
+	r.applyQ = append(r.applyQ, applyTask{snapshotNow: ch})
+	r.applyMu.Unlock()
+	return ch
+}
+
+// SnapshotResult unpacks what RequestSnapshot's channel delivers.
+func SnapshotResult(v snapResult) (raftpb.Index, error) { return v.index, v.err }
+
+// Stop marks the replica stopped: queued and future requests fail.
+func (r *Replica) Stop(err error) {
+	if err == nil {
+		err = ErrStopped
+	}
+	r.in.mu.Lock()
+	r.in.stopped = true
+	props, reads := r.in.props, r.in.reads
+	r.in.props, r.in.reads = nil, nil
+	r.in.mu.Unlock()
+	for _, p := range props {
+		p.complete(Result{}, err)
+	}
+	for _, rr := range reads {
+		rr.complete(err)
+	}
+	r.mu.Lock()
+	pending := r.pending
+	r.pending = map[uint64]*Proposal{}
+	waits := r.readWait
+	r.readWait = nil
+	r.mu.Unlock()
+	for _, p := range pending {
+		// Handed to Raft: it may commit without us seeing it.
+		p.complete(Result{}, ErrResultUnknown)
+	}
+	for _, b := range waits {
+		for _, rr := range b.reads {
+			rr.complete(err)
+		}
+	}
+}
