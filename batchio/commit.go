@@ -221,6 +221,12 @@ func (s *Store) check(u *Update, ps *pendingShard) error {
 		if c > ps.last {
 			return invalidUpdate(id, "compaction to %d beyond the log's last index %d", c, ps.last)
 		}
+		if c >= ps.first {
+			ps.first = c + 1
+		}
+	}
+	if u.Remove {
+		*ps = pendingShard{}
 	}
 	return nil
 }
@@ -433,8 +439,13 @@ func (s *Store) publishAdditions() {
 		st.hs = ps.hs
 		st.rec = ps.rec
 		st.snap = ps.snap
-		if len(ps.ents) > 0 {
-			s.cache.add(st, ps.ents)
+		// Only what the flush left in the log: not entries it compacted.
+		ents := ps.ents
+		for len(ents) > 0 && ents[0].Index < ps.first {
+			ents = ents[1:]
+		}
+		if len(ents) > 0 {
+			s.cache.add(st, ents)
 		}
 		st.mu.Unlock()
 		if ps.created {

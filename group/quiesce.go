@@ -19,7 +19,9 @@ func (g *Group) Quiesced() bool { return g.quiesced }
 // every member and stops ticking. It reports whether it did; it refuses
 // unless nothing at all is in flight (S45): no transfer, read, membership
 // change, uncommitted or unreleased entry, and every member caught up in
-// StateReplicate with nothing unacknowledged.
+// StateReplicate with nothing unacknowledged. Messages still queued (the
+// heartbeats of the tick that found the shard idle) leave before the
+// quiesce messages, in the same Ready.
 func (g *Group) Quiesce() bool {
 	if g.log.err != nil || g.role != Leader || g.quiesced || !g.canQuiesce() {
 		return false
@@ -44,8 +46,7 @@ func (g *Group) canQuiesce() bool {
 	last := l.lastIndex()
 	if g.leadTransferee != raftpb.None || g.reads.roundOpen || len(g.reads.pending) > 0 ||
 		len(g.reads.waiting) > 0 || g.pendingConfIndex > l.applying || g.trk.Voters.Joint() ||
-		l.committed != last || l.applying != last || l.unstable.offset != last+1 ||
-		len(g.msgs) > 0 || len(g.msgsPersist) > 0 {
+		l.committed != last || l.applying != last || l.unstable.offset != last+1 {
 		return false
 	}
 	for _, pr := range g.trk.Members() {
@@ -69,4 +70,30 @@ func (g *Group) handleQuiesce(m *raftpb.Message) {
 	g.log.commitTo(min(m.Commit, m.Index))
 	g.electionElapsed = 0
 	g.quiesced = true
+}
+
+// benignWhileQuiesced reports whether m carries no new work for a quiesced
+// replica, which then stays quiesced: answers to the last heartbeats and
+// appends sent before quiescing reach the leader after it quiesced, and a
+// heartbeat overtaken by the quiesce message can reach a follower after.
+// Waking on them would make an idle shard flap between quiesced and awake.
+func (g *Group) benignWhileQuiesced(m *raftpb.Message) bool {
+	if m.Term != g.term {
+		return false
+	}
+	switch m.Type {
+	case raftpb.MsgQuiesce:
+		return true
+	case raftpb.MsgHeartbeatResp:
+		return g.role == Leader
+	case raftpb.MsgAppResp:
+		if g.role != Leader || m.Reject {
+			return false
+		}
+		pr := g.trk.Progress(m.From)
+		return pr != nil && m.Index <= pr.Match
+	case raftpb.MsgHeartbeat:
+		return g.role == Follower && m.From == g.lead && m.Commit <= g.log.committed
+	}
+	return false
 }

@@ -20,7 +20,7 @@ func (g *Group) Step(m raftpb.Message) error {
 	if err := g.checkAgainstLog(&m); err != nil {
 		return err
 	}
-	if m.Type != raftpb.MsgQuiesce {
+	if g.quiesced && !g.benignWhileQuiesced(&m) {
 		g.wake()
 	}
 	if !g.stepTerm(&m) {

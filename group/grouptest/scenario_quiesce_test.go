@@ -326,3 +326,27 @@ func TestQuiesceMismatchIgnored(t *testing.T) {
 		t.Fatal("commit moved beyond the log")
 	}
 }
+
+// The engine asks to quiesce right after the tick that found the shard
+// idle, when that tick's heartbeats are still queued: that must not refuse.
+func TestQuiesceWithHeartbeatsQueued(t *testing.T) {
+	c := newQuiesceCluster(t, 1, 2, 3)
+	lead := qElect(t, c)
+	g := c.R(lead).G
+	g.Tick() // queues heartbeats, not yet handed out
+	if !g.HasReady() {
+		t.Fatal("tick queued nothing")
+	}
+	if !g.Quiesce() {
+		t.Fatal("idle leader with heartbeats queued refused to quiesce")
+	}
+	c.Stabilize()
+	for _, id := range c.IDs {
+		if !c.R(id).G.Quiesced() {
+			t.Fatalf("replica %d not quiesced", id)
+		}
+	}
+	if err := c.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
