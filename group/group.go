@@ -75,6 +75,9 @@ type Group struct {
 	pendingConfIndex raftpb.Index
 	// confIndex is the index of the latest membership change applied.
 	confIndex raftpb.Index
+	// voter caches whether this replica votes in the configuration
+	// (configChanged): Tick asks on every call.
+	voter bool
 	// uncommittedSize is the payload of the leader's uncommitted tail.
 	uncommittedSize uint64
 	// commitPending: the commit index moved and members that got no entries
@@ -141,6 +144,7 @@ func New(cfg Config) (*Group, error) {
 	if err := g.trk.Restore(cs, l.lastIndex()); err != nil {
 		return nil, fmt.Errorf("%w: persisted membership %v: %w", ErrStorage, cs, err)
 	}
+	g.configChanged()
 	g.confIndex = confIndex
 	hs := st.HardState
 	if hs.Commit < l.committed || hs.Commit > l.lastIndex() {
@@ -186,8 +190,14 @@ func (g *Group) softState() SoftState { return SoftState{Lead: g.lead, Role: g.r
 // promotable reports whether this replica may campaign: it is a voter and
 // is not installing a snapshot.
 func (g *Group) promotable() bool {
+	return g.voter && g.log.unstable.snapshot == nil
+}
+
+// configChanged refreshes what the core derives from the membership; call
+// it after every change of g.trk's configuration.
+func (g *Group) configChanged() {
 	pr := g.trk.Progress(g.id)
-	return pr != nil && !pr.IsLearner && g.trk.IsVoter(g.id) && g.log.unstable.snapshot == nil
+	g.voter = pr != nil && !pr.IsLearner && g.trk.IsVoter(g.id)
 }
 
 // Tick advances the replica's logical clock by one tick. A quiesced

@@ -87,6 +87,7 @@ func (g *Group) applyConfChangeEntry(e *raftpb.Entry) {
 	}
 	old := g.trk.Members()
 	g.trk.Install(res)
+	g.configChanged()
 	g.confIndex = e.Index
 	g.confChanged = true
 	g.lg.Info("membership changed", "shard", g.shard, "id", g.id, "index", e.Index,

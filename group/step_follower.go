@@ -159,6 +159,7 @@ func (g *Group) restore(s raftpb.SnapshotMeta) (bool, error) {
 	if err := g.trk.Restore(s.ConfState, s.Index); err != nil {
 		return false, err
 	}
+	g.configChanged()
 	// S26(b): the whole log goes, conflicting suffix included, in the same
 	// persist that records the snapshot.
 	l.restore(s)

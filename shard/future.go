@@ -26,7 +26,10 @@ var (
 // Proposal is a command (or membership change) waiting to be applied on
 // this replica.
 type Proposal struct {
-	key  uint64
+	// release is called once when the proposal completes (the replica's
+	// outstanding count).
+	release func()
+	key     uint64
 	cmd  []byte
 	cc   *raftpb.ConfChange
 	term raftpb.Term // the replica's term when the proposal entered Raft
@@ -50,6 +53,9 @@ func (p *Proposal) Result() (Result, error) { return p.result, p.err }
 func (p *Proposal) complete(r Result, err error) {
 	p.once.Do(func() {
 		p.result, p.err = r, err
+		if p.release != nil {
+			p.release()
+		}
 		close(p.done)
 	})
 }

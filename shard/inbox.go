@@ -53,15 +53,19 @@ func (r *Replica) ProposeConfChange(key uint64, cc raftpb.ConfChange) (*Proposal
 }
 
 func (r *Replica) enqueueProposal(p *Proposal) (*Proposal, error) {
-	r.in.mu.Lock()
-	defer r.in.mu.Unlock()
-	switch {
-	case r.in.stopped:
-		return nil, ErrStopped
-	case len(r.in.props) >= r.cfg.MaxPendingProposals:
+	if r.outstanding.Add(1) > int64(r.cfg.MaxPendingProposals) {
+		r.outstanding.Add(-1)
 		return nil, ErrBusy
 	}
+	p.release = func() { r.outstanding.Add(-1) }
+	r.in.mu.Lock()
+	if r.in.stopped {
+		r.in.mu.Unlock()
+		p.release()
+		return nil, ErrStopped
+	}
 	r.in.props = append(r.in.props, p)
+	r.in.mu.Unlock()
 	return p, nil
 }
 
@@ -78,10 +82,16 @@ func (r *Replica) Read() (*ReadRequest, error) {
 	return rr, nil
 }
 
-// Tick queues one tick of the replica's logical clock.
+// Tick queues one tick of the replica's logical clock. Ticks do not pile
+// up: while one is pending, more are dropped. When the node is overloaded
+// and steps a replica less often than the ticker fires, its logical clock
+// slows down instead of running ahead of the messages it waits for —
+// otherwise elections time out before their votes can arrive and repeat.
 func (r *Replica) Tick() {
 	r.in.mu.Lock()
-	r.in.ticks++
+	if r.in.ticks == 0 {
+		r.in.ticks = 1
+	}
 	r.in.mu.Unlock()
 }
 

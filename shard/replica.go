@@ -59,8 +59,8 @@ type Config struct {
 	// snapshots; CompactionLag the entries kept behind a snapshot.
 	SnapshotEvery uint64
 	CompactionLag uint64
-	// MaxPendingProposals bounds the proposals queued and not yet in Raft
-	// (ErrBusy beyond).
+	// MaxPendingProposals bounds the proposals accepted and not yet
+	// completed (ErrBusy beyond).
 	MaxPendingProposals int
 	Logger              *slog.Logger
 }
@@ -103,6 +103,11 @@ type Replica struct {
 	confIdx  raftpb.Index
 	hash     atomic.Uint64 // running hash of applied entries (TESTING.md)
 	maxTerm  raftpb.Term
+
+	// outstanding counts proposals accepted and not yet completed, wherever
+	// they are (inbox, waiting for a leader, in Raft): the bound behind
+	// ErrBusy, released as they complete.
+	outstanding atomic.Int64
 
 	status atomic.Pointer[Status]
 	err    atomic.Pointer[error] // set when the replica stopped on an error
@@ -161,6 +166,8 @@ type Status struct {
 	// that applied the same prefix.
 	Hash uint64
 	Err  error
+
+	confIndex raftpb.Index
 }
 
 // New creates a replica. restoreRef, if set, is the reference of the
@@ -236,14 +243,25 @@ func (r *Replica) Err() error {
 	return nil
 }
 
+// fail stops the replica on an error (a storage failure, an Update error):
+// nothing more is applied, and everything waiting on it is resolved.
 func (r *Replica) fail(err error) {
 	if r.err.CompareAndSwap(nil, &err) {
 		r.lg.Error("replica stopped", "err", err)
+		r.Stop(err)
 	}
 }
 
+// publishStatus publishes the core's state for readers on other
+// goroutines, only when it changed: it runs after every step, most of
+// which (ticks) change nothing.
 func (r *Replica) publishStatus() {
 	st := r.g.BasicStatus()
+	if old := r.status.Load(); old != nil && old.Role == st.Role && old.Term == st.HardState.Term &&
+		old.Leader == st.Lead && old.Commit == st.HardState.Commit && old.LastIndex == st.LastIndex &&
+		old.Quiesced == st.Quiesced && old.confIndex == st.ConfIndex {
+		return
+	}
 	s := &Status{
 		Shard:     r.shard,
 		Node:      r.id,
@@ -252,8 +270,13 @@ func (r *Replica) publishStatus() {
 		Leader:    st.Lead,
 		Commit:    st.HardState.Commit,
 		LastIndex: st.LastIndex,
-		Members:   r.g.ConfState(),
 		Quiesced:  st.Quiesced,
+		confIndex: st.ConfIndex,
+	}
+	if old := r.status.Load(); old != nil && old.confIndex == st.ConfIndex {
+		s.Members = old.Members // unchanged: share, never modified
+	} else {
+		s.Members = r.g.ConfState()
 	}
 	r.status.Store(s)
 }
