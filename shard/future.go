@@ -30,9 +30,9 @@ type Proposal struct {
 	// outstanding count).
 	release func()
 	key     uint64
-	cmd  []byte
-	cc   *raftpb.ConfChange
-	term raftpb.Term // the replica's term when the proposal entered Raft
+	cmd     []byte
+	cc      *raftpb.ConfChange
+	term    raftpb.Term // the replica's term when the proposal entered Raft
 
 	once   sync.Once
 	done   chan struct{}
