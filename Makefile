@@ -4,7 +4,7 @@ GO ?= go
 GOFMT ?= $(shell $(GO) env GOROOT)/bin/gofmt
 
 # Packages with benchmarks; later issues extend this list.
-BENCH_PKGS ?= ./group/... ./raftpb/...
+BENCH_PKGS ?= ./group/... ./raftpb/... ./batchio/... ./transport/...
 FUZZTIME ?= 30s
 
 .DEFAULT_GOAL := build

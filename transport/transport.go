@@ -24,14 +24,16 @@ type Transport interface {
 	// on the network: a full queue drops the message and counts it (Raft
 	// retransmits). Messages for one node keep their order. Messages queued
 	// by one call to the same node travel together when they fit one frame;
-	// heartbeats among them travel coalesced.
+	// heartbeats among them travel coalesced. Entries' data is referenced
+	// until encoded: callers must not modify it.
 	Send(msgs []raftpb.Message)
 	// SendSnapshot streams a snapshot to m.To's node: m is the MsgSnap the
 	// core produced; open returns the snapshot data and its size, and is
 	// called again for every attempt (a broken stream restarts from the
-	// beginning). done is called once, from a transport goroutine, with nil
-	// when the receiver has the whole snapshot verified and committed, or
-	// the error that ended the transfer. It returns at once.
+	// beginning). done is called once with nil when the receiver has the
+	// whole snapshot verified and committed, or with the error that ended
+	// the transfer; normally from a transport goroutine, but synchronously
+	// (ErrClosed) once the transport is closed. It returns at once.
 	SendSnapshot(m raftpb.Message, open func() (io.ReadCloser, int64, error), done func(error))
 	// Stats and PeerStats report the transport's counters.
 	Stats() Stats
@@ -43,9 +45,11 @@ type Transport interface {
 // Handler receives what arrives from other nodes. Its methods are called
 // from transport goroutines and must not block for long.
 type Handler interface {
-	// HandleMessages receives the messages of one frame from node from,
-	// coalesced heartbeats expanded, in the order they were sent. The slice
-	// is the handler's; entries' data alias the frame (not reused).
+	// HandleMessages receives the messages of one frame from node from, in
+	// the order they were sent, followed by the frame's coalesced
+	// heartbeats, expanded (order holds among each kind; Raft needs no
+	// more). The slice is the handler's; entries' data alias the frame
+	// (not reused).
 	HandleMessages(from raftpb.NodeID, msgs []raftpb.Message)
 	// NodeUnreachable reports that node has not been heard from for the
 	// configured number of liveness intervals (or its stream broke and
@@ -83,7 +87,7 @@ type Stats struct {
 	Dropped uint64
 	// Rejected counts frames refused: wrong cluster, unknown or wrong node,
 	// malformed or oversized.
-	Rejected uint64
+	Rejected                                          uint64
 	SnapshotsSent, SnapshotsReceived, SnapshotsFailed uint64
 }
 
