@@ -1,0 +1,209 @@
+package engine
+
+import (
+	"io"
+	"time"
+
+	"github.com/shardd/shardd/batchio"
+	"github.com/shardd/shardd/group"
+	"github.com/shardd/shardd/raftpb"
+)
+
+// maxStepBatch bounds the replicas one step pass takes: big enough for one
+// fsync to serve many shards, small enough that a pass stays short.
+const maxStepBatch = 256
+
+// persisted is one Ready waiting for its flush.
+type persisted struct {
+	r  *replica
+	rd group.Ready
+}
+
+// stepWorker takes batches of ready replicas, steps each, sends what may
+// leave at once and persists the whole pass with one store request.
+func (n *Node) stepWorker() {
+	defer n.workers.Done()
+	var (
+		batch []*replica
+		rds   []group.Ready
+		msgs  []raftpb.Message
+	)
+	for {
+		batch = n.stepSched.next(batch[:0], maxStepBatch)
+		if batch == nil {
+			return
+		}
+		start := time.Now()
+		req := &batchio.Request{}
+		var items []persisted
+		msgs = msgs[:0]
+		for _, r := range batch {
+			var res stepRes
+			rds, res = n.stepReplica(r, rds[:0])
+			if res.quiesced != r.quiesced.Load() {
+				r.quiesced.Store(res.quiesced)
+				if res.quiesced {
+					n.m.quiesces.Inc()
+				}
+			}
+			for i := range rds {
+				rd := &rds[i]
+				msgs = n.routeMessages(r, rd.Messages, msgs)
+				req.Updates = append(req.Updates, toUpdate(r.id, rd))
+				items = append(items, persisted{r: r, rd: *rd})
+			}
+		}
+		if len(msgs) > 0 {
+			n.tr.Send(msgs)
+			n.m.messagesSent.Add(len(msgs))
+		}
+		if len(items) > 0 {
+			n.m.stepBatch.Update(float64(len(batch)))
+			req.Done = func(err error) { n.flushed(items, err) }
+			if err := n.store.Submit(req); err != nil {
+				n.failNode(err)
+			}
+		}
+		n.stepSched.done(batch)
+		n.m.stepPass.UpdateDuration(start)
+	}
+}
+
+type stepRes struct {
+	quiesced bool
+}
+
+func (n *Node) stepReplica(r *replica, out []group.Ready) ([]group.Ready, stepRes) {
+	out, _ = r.Step(out, n.events, n.cfg.QuiesceTicks)
+	return out, stepRes{quiesced: r.Quiesced()}
+}
+
+// routeMessages appends msgs for the transport; snapshots go through their
+// own stream.
+func (n *Node) routeMessages(r *replica, msgs, out []raftpb.Message) []raftpb.Message {
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Type == raftpb.MsgSnap {
+			n.sendSnapshot(r, *m)
+			continue
+		}
+		out = append(out, *m)
+	}
+	return out
+}
+
+// sendSnapshot streams the leader's latest snapshot to m.To.
+func (n *Node) sendSnapshot(r *replica, m raftpb.Message) {
+	log, err := n.store.Shard(r.id)
+	if err != nil {
+		r.ReportSnapshot(m.To, false)
+		return
+	}
+	rec, ok := log.SnapshotRecord()
+	if !ok || rec.Meta.Index != m.Snapshot.Index {
+		r.ReportSnapshot(m.To, false)
+		n.stepSched.enqueue(r)
+		return
+	}
+	ref := rec.Data
+	open := func() (io.ReadCloser, int64, error) { return n.snaps.openWithSize(ref) }
+	n.m.snapshotsSent.Inc()
+	n.tr.SendSnapshot(m, open, func(err error) {
+		if err != nil {
+			n.lg.Info("snapshot transfer failed", "shard", uint64(r.id), "to", uint64(m.To), "err", err)
+		}
+		r.ReportSnapshot(m.To, err == nil)
+		n.stepSched.enqueue(r)
+	})
+}
+
+// toUpdate is what the store must write for rd.
+func toUpdate(id raftpb.ShardID, rd *group.Ready) batchio.Update {
+	u := batchio.Update{Shard: id, Entries: rd.Entries, HardState: rd.HardState, CompactTo: rd.CompactTo}
+	if rd.Snapshot != nil {
+		u.InstallSnapshot = &batchio.SnapshotRecord{Meta: *rd.Snapshot,
+			Data: receivedRef(id, rd.Snapshot.Index)}
+	}
+	if rd.ConfState != nil {
+		u.ConfState, u.ConfIndex = rd.ConfState, rd.ConfIndex
+	}
+	return u
+}
+
+// flushed runs on the store's writer goroutine once a pass is durable:
+// acknowledgements leave, committed entries go to the apply pool and the
+// replicas are stepped again for their Advance.
+func (n *Node) flushed(items []persisted, err error) {
+	if err != nil {
+		n.failNode(err)
+		return
+	}
+	var acks []raftpb.Message
+	var toApply, toStep []*replica
+	for i := range items {
+		it := &items[i]
+		acks = append(acks, it.rd.AfterPersist...)
+		if it.r.Persisted(it.rd) {
+			toApply = append(toApply, it.r)
+		}
+		toStep = append(toStep, it.r)
+	}
+	if len(acks) > 0 {
+		n.tr.Send(acks)
+		n.m.messagesSent.Add(len(acks))
+	}
+	n.applySched.enqueueMany(toApply)
+	n.stepSched.enqueueMany(toStep)
+}
+
+// applyWorker applies committed entries, replica by replica.
+func (n *Node) applyWorker() {
+	defer n.workers.Done()
+	var batch []*replica
+	for {
+		batch = n.applySched.next(batch[:0], 16)
+		if batch == nil {
+			return
+		}
+		for _, r := range batch {
+			before := r.Applied()
+			r.Apply(n.events)
+			n.m.applied.Add(int(r.Applied() - before))
+			if err := r.Err(); err != nil && !r.reportedStop.Swap(true) {
+				n.events.shardStopped(uint64(r.id), err)
+			}
+		}
+		n.applySched.done(batch)
+	}
+}
+
+// ticker enqueues a tick for every replica that is not quiesced. It never
+// steps a replica itself.
+func (n *Node) ticker() {
+	defer n.workers.Done()
+	t := time.NewTicker(n.cfg.TickInterval)
+	defer t.Stop()
+	var active []*replica
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		n.mu.RLock()
+		list := n.list
+		n.mu.RUnlock()
+		active = active[:0]
+		quiesced := 0
+		for _, r := range list {
+			if r.quiesced.Load() {
+				quiesced++
+				continue
+			}
+			r.Tick()
+			active = append(active, r)
+		}
+		n.m.quiescedShards.Store(int64(quiesced))
+		n.stepSched.enqueueMany(active)
+	}
+}
