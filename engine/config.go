@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/shardd/shardd/shard"
@@ -73,6 +74,11 @@ type Config struct {
 	// restarts from its data dir (and of StartShard calls whose
 	// ShardConfig has none). Required to restart shards.
 	NewStateMachine func(shardID, nodeID uint64) StateMachine
+	// OnStoreOpen, when set, is called once during Open with the node's
+	// Pebble database, before any shard starts: state machines that keep
+	// their data in the node's store (under batchio.StateMachinePrefix)
+	// take it from here. The default value is nil.
+	OnStoreOpen func(db *pebble.DB) error
 	// MaxPendingProposals bounds the proposals queued per shard and not yet
 	// in Raft; beyond it Propose returns ErrBusy. The default value is
 	// 4096.

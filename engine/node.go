@@ -109,6 +109,12 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.store = store
+	if cfg.OnStoreOpen != nil {
+		if err := cfg.OnStoreOpen(store.DB()); err != nil {
+			_ = store.Close()
+			return nil, fmt.Errorf("engine: OnStoreOpen: %w", err)
+		}
+	}
 	if err := n.startTransport(); err != nil {
 		_ = store.Close()
 		return nil, err
