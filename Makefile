@@ -53,10 +53,19 @@ cover:
 	@$(GO) tool cover -func=cover.out | grep '^total:'
 
 demo:
-	@echo "demo arrives with cmd/shardd (issue 6)" >&2; exit 1
+	$(GO) run ./cmd/shardd demo
 
+# Regenerates the client API (api/shardd/v1) from its .proto; raftpb's codec
+# is hand-written from raftpb/raftpb.proto and has nothing to generate.
+# Needs protoc (Debian: protobuf-compiler); installs the Go plugins.
+PROTOC_GEN_GO ?= google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC ?= google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 proto:
-	@echo "nothing to generate: raftpb's codec is hand-written from raftpb/raftpb.proto"
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
+	GOBIN=$$($(GO) env GOPATH)/bin $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$$($(GO) env GOPATH)/bin $(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$$($(GO) env GOPATH)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative api/shardd/v1/kv.proto
 
 sim-long:
 	@echo "sim-long: not yet implemented (issue 8)" >&2; exit 1

@@ -289,3 +289,24 @@ func (n *Node) Shards() []uint64 {
 	slices.Sort(out)
 	return out
 }
+
+// PeerStatus is what the transport knows of another node.
+type PeerStatus struct {
+	NodeID                         uint64
+	Reachable                      bool
+	MessagesSent, MessagesReceived uint64
+	BytesSent, BytesReceived       uint64
+	Dropped                        uint64
+}
+
+// Peers reports the transport's view of every other node.
+func (n *Node) Peers() []PeerStatus {
+	var out []PeerStatus
+	for _, p := range n.tr.PeerStats() {
+		out = append(out, PeerStatus{NodeID: uint64(p.Node), Reachable: p.Reachable,
+			MessagesSent: p.MessagesSent, MessagesReceived: p.MessagesReceived,
+			BytesSent: p.BytesSent, BytesReceived: p.BytesReceived, Dropped: p.Dropped})
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int { return int(a.NodeID) - int(b.NodeID) })
+	return out
+}
