@@ -98,8 +98,10 @@ func (r *Replica) Apply(ev Events) {
 	r.applyQ = nil
 	r.applyMu.Unlock()
 	for i := range tasks {
-		if r.Err() != nil {
-			r.answerSnapshotRequest(tasks[i].snapshotNow, 0, r.Err())
+		if stopped, err := r.isStopped(); stopped {
+			// Nothing is applied after Stop: the engine closes the state
+			// machine next.
+			r.answerSnapshotRequest(tasks[i].snapshotNow, 0, err)
 			continue
 		}
 		r.applyTask(&tasks[i], ev)
@@ -151,11 +153,12 @@ func (r *Replica) installSnapshot(s *raftpb.SnapshotMeta, ev Events) {
 	r.lastSnap = s.Index
 	r.conf, r.confIdx = s.ConfState.Clone(), s.Index
 	// Proposals covered by the snapshot were applied without us seeing
-	// their results.
+	// their results. Which pending ones it covers is unknown (their
+	// indexes are the leader's), so every one of its term or before is
+	// resolved as unknown — always a valid answer, if conservative for those
+	// applied just after the snapshot. (The membership event comes with the
+	// task's ConfState.)
 	r.failPendingUpTo(s.Term+1, ErrResultUnknown)
-	if ev != nil {
-		ev.MembershipChanged(r.shard, r.conf.Clone())
-	}
 }
 
 // applyEntries applies committed entries: commands go to the state machine
@@ -180,6 +183,10 @@ func (r *Replica) applyEntries(ents []raftpb.Entry) error {
 	}
 	if len(batch) > 0 {
 		r.smMu.Lock()
+		if stopped, serr := r.isStopped(); stopped {
+			r.smMu.Unlock()
+			return serr
+		}
 		err := r.sm.Update(batch)
 		r.smMu.Unlock()
 		if err != nil {

@@ -154,7 +154,9 @@ func (r *Replica) RequestSnapshot() <-chan snapResult {
 // SnapshotResult unpacks what RequestSnapshot's channel delivers.
 func SnapshotResult(v snapResult) (raftpb.Index, error) { return v.index, v.err }
 
-// Stop marks the replica stopped: queued and future requests fail.
+// Stop marks the replica stopped: everything queued or waiting on it is
+// resolved (proposals already in Raft with ErrResultUnknown, the rest with
+// err), and nothing is accepted or applied afterwards.
 func (r *Replica) Stop(err error) {
 	if err == nil {
 		err = ErrStopped
@@ -164,25 +166,36 @@ func (r *Replica) Stop(err error) {
 	props, reads := r.in.props, r.in.reads
 	r.in.props, r.in.reads = nil, nil
 	r.in.mu.Unlock()
-	for _, p := range props {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return
+	}
+	r.stopped, r.stopErr = true, err
+	pending, waiting := r.pending, r.waitingProps
+	rounds, waits := r.readRounds, r.readWait
+	r.pending, r.waitingProps, r.readRounds, r.readWait = map[uint64]*Proposal{}, nil, nil, nil
+	r.mu.Unlock()
+	for _, p := range append(props, waiting...) {
 		p.complete(Result{}, err)
 	}
-	for _, rr := range reads {
-		rr.complete(err)
-	}
-	r.mu.Lock()
-	pending := r.pending
-	r.pending = map[uint64]*Proposal{}
-	waits := r.readWait
-	r.readWait = nil
-	r.mu.Unlock()
 	for _, p := range pending {
 		// Handed to Raft: it may commit without us seeing it.
 		p.complete(Result{}, ErrResultUnknown)
 	}
-	for _, b := range waits {
+	for _, rr := range reads {
+		rr.complete(err)
+	}
+	for _, b := range append(rounds, waits...) {
 		for _, rr := range b.reads {
 			rr.complete(err)
 		}
 	}
+}
+
+// isStopped reports whether Stop ran, and with what error.
+func (r *Replica) isStopped() (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped, r.stopErr
 }

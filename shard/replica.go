@@ -78,17 +78,20 @@ type Replica struct {
 	in inbox
 
 	// Step-worker state.
-	waitingProps []*Proposal // dropped by the core (no leader yet): retried
-	readSeq      uint64
-	readRounds   []*readBatch // ReadIndex in flight, by id
-	idleTicks    int
-	lastLead     raftpb.NodeID
-	lastTerm     raftpb.Term
+	readSeq   uint64
+	idleTicks int
+	lastLead  raftpb.NodeID
+	lastTerm  raftpb.Term
 
-	// Shared between step and apply workers.
-	mu       sync.Mutex
-	pending  map[uint64]*Proposal // in Raft, by key
-	readWait []*readBatch         // read index known, waiting for apply
+	// mu guards everything a stop must resolve, shared by the step worker,
+	// the apply worker and Stop: once stopped is set, nothing is added.
+	mu           sync.Mutex
+	stopped      bool
+	stopErr      error
+	pending      map[uint64]*Proposal // in Raft, by key
+	waitingProps []*Proposal          // dropped by the core (no leader yet): retried
+	readRounds   []*readBatch         // ReadIndex in flight, by id
+	readWait     []*readBatch         // read index known, waiting for apply
 
 	// Apply-worker state.
 	applyMu  sync.Mutex // guards applyQ

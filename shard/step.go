@@ -70,9 +70,13 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 	if in.campaign {
 		_ = g.Campaign()
 	}
-	if len(in.props) > 0 || len(r.waitingProps) > 0 {
+	r.mu.Lock()
+	waiting := r.waitingProps
+	r.waitingProps = nil
+	r.mu.Unlock()
+	if len(in.props) > 0 || len(waiting) > 0 {
 		res.Active = true
-		r.propose(append(r.waitingProps, in.props...))
+		r.propose(append(waiting, in.props...))
 	}
 	if len(in.reads) > 0 {
 		res.Active = true
@@ -107,7 +111,6 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 // membership changes one by one. Proposals the core cannot take now (no
 // leader known yet, a transfer in progress) wait for the next step.
 func (r *Replica) propose(props []*Proposal) {
-	r.waitingProps = nil
 	g := r.g
 	term := g.BasicStatus().HardState.Term
 	ents := make([]raftpb.Entry, 0, len(props))
@@ -124,7 +127,7 @@ func (r *Replica) propose(props []*Proposal) {
 		case err == nil:
 			r.track(normal, term)
 		case errors.Is(err, group.ErrProposalDropped):
-			r.waitingProps = append(r.waitingProps, normal...)
+			r.wait(normal)
 		default:
 			for _, p := range normal {
 				p.complete(Result{}, err)
@@ -139,19 +142,43 @@ func (r *Replica) propose(props []*Proposal) {
 		case err == nil:
 			r.track([]*Proposal{p}, term)
 		case errors.Is(err, group.ErrProposalDropped):
-			r.waitingProps = append(r.waitingProps, p)
+			r.wait([]*Proposal{p})
 		default:
 			p.complete(Result{}, err)
 		}
 	}
 }
 
+// track records proposals handed to Raft. If the replica stopped meanwhile
+// they are resolved at once: they may commit without us seeing it.
 func (r *Replica) track(props []*Proposal, term raftpb.Term) {
 	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		for _, p := range props {
+			p.complete(Result{}, ErrResultUnknown)
+		}
+		return
+	}
 	for _, p := range props {
 		p.term = term
 		r.pending[p.key] = p
 	}
+	r.mu.Unlock()
+}
+
+// wait keeps proposals the core could not take for the next step.
+func (r *Replica) wait(props []*Proposal) {
+	r.mu.Lock()
+	if r.stopped {
+		err := r.stopErr
+		r.mu.Unlock()
+		for _, p := range props {
+			p.complete(Result{}, err)
+		}
+		return
+	}
+	r.waitingProps = append(r.waitingProps, props...)
 	r.mu.Unlock()
 }
 
@@ -163,19 +190,39 @@ func (r *Replica) startReads(reads []*ReadRequest) {
 		r.requeueReads(reads)
 		return
 	}
-	r.readRounds = append(r.readRounds, &readBatch{id: r.readSeq, reads: reads})
+	r.mu.Lock()
+	if !r.stopped {
+		r.readRounds = append(r.readRounds, &readBatch{id: r.readSeq, reads: reads})
+		r.mu.Unlock()
+		return
+	}
+	err := r.stopErr
+	r.mu.Unlock()
+	for _, rr := range reads {
+		rr.complete(err)
+	}
 }
 
+// requeueReads puts reads back in the inbox for the next step (or fails
+// them if the replica stopped).
 func (r *Replica) requeueReads(reads []*ReadRequest) {
 	r.in.mu.Lock()
-	r.in.reads = append(reads, r.in.reads...)
+	if !r.in.stopped {
+		r.in.reads = append(reads, r.in.reads...)
+		r.in.mu.Unlock()
+		return
+	}
 	r.in.mu.Unlock()
+	for _, rr := range reads {
+		rr.complete(ErrStopped)
+	}
 }
 
 // handleReadStates matches read indexes to their rounds: those already
 // applied complete now, the others wait for the apply worker.
 func (r *Replica) handleReadStates(states []group.ReadState) {
 	for _, rs := range states {
+		r.mu.Lock()
 		k := -1
 		for i, b := range r.readRounds {
 			if b.id == rs.ID {
@@ -184,25 +231,26 @@ func (r *Replica) handleReadStates(states []group.ReadState) {
 			}
 		}
 		if k < 0 {
+			r.mu.Unlock()
 			continue
 		}
 		b := r.readRounds[k]
 		r.readRounds = append(r.readRounds[:k], r.readRounds[k+1:]...)
 		if rs.Dropped {
+			r.mu.Unlock()
 			r.requeueReads(b.reads)
 			continue
 		}
 		b.index = rs.Index
-		r.mu.Lock()
-		if b.index <= r.Applied() {
+		if b.index > r.Applied() {
+			r.readWait = append(r.readWait, b)
 			r.mu.Unlock()
-			for _, rr := range b.reads {
-				rr.complete(nil)
-			}
 			continue
 		}
-		r.readWait = append(r.readWait, b)
 		r.mu.Unlock()
+		for _, rr := range b.reads {
+			rr.complete(nil)
+		}
 	}
 }
 
@@ -216,10 +264,13 @@ func (r *Replica) leaderMaybeChanged(ev Events) {
 	leadChanged := st.Lead != r.lastLead
 	r.lastLead, r.lastTerm = st.Lead, st.HardState.Term
 	if leadChanged {
-		for _, b := range r.readRounds {
+		r.mu.Lock()
+		rounds := r.readRounds
+		r.readRounds = nil
+		r.mu.Unlock()
+		for _, b := range rounds {
 			r.requeueReads(b.reads)
 		}
-		r.readRounds = nil
 		if ev != nil {
 			ev.LeaderChanged(r.shard, st.Lead, st.HardState.Term)
 		}
@@ -229,7 +280,10 @@ func (r *Replica) leaderMaybeChanged(ev Events) {
 // TryQuiesce asks the core to quiesce the shard (leaders only; refused
 // unless fully idle).
 func (r *Replica) TryQuiesce() bool {
-	if r.Err() != nil || len(r.waitingProps) > 0 || len(r.readRounds) > 0 {
+	r.mu.Lock()
+	busy := len(r.waitingProps) > 0 || len(r.readRounds) > 0
+	r.mu.Unlock()
+	if r.Err() != nil || busy {
 		return false
 	}
 	ok := r.g.Quiesce()
