@@ -156,14 +156,17 @@ func (n *Node) Close() error {
 		n.stepSched.close()
 		n.applySched.close()
 		n.workers.Wait()
-		// Flushes still queued complete (their callbacks find the
-		// schedulers closed).
-		if serr := n.store.Close(); serr != nil && err == nil {
-			err = serr
-		}
+		// Stop every replica and close its state machine before the store:
+		// closing waits for lookups in flight, and state machines may keep
+		// their data in the store.
 		for _, r := range reps {
 			r.Stop(ErrClosed)
 			_ = r.CloseStateMachine()
+		}
+		// Flushes still queued complete (their callbacks find the
+		// schedulers closed and the replicas stopped).
+		if serr := n.store.Close(); serr != nil && err == nil {
+			err = serr
 		}
 		n.events.close()
 	})

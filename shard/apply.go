@@ -293,11 +293,12 @@ func (r *Replica) completeReads() {
 // Lookup runs a query against the state machine (after a read completed,
 // or as a stale read).
 func (r *Replica) Lookup(query []byte) ([]byte, error) {
-	if err := r.Err(); err != nil {
-		return nil, err
-	}
 	r.smMu.RLock()
 	defer r.smMu.RUnlock()
+	// Checked under the lock: once stopped, the state machine may be closed.
+	if stopped, err := r.isStopped(); stopped {
+		return nil, err
+	}
 	return r.sm.Lookup(query)
 }
 

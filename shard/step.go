@@ -22,6 +22,11 @@ type StepResult struct {
 	Active bool
 	// Ticked is the number of ticks applied.
 	Ticked int
+	// Pending is set when work waits for a later step (reads or proposals
+	// that found no leader, or were dropped by a leader change): the
+	// engine must keep ticking the replica even if the core is quiesced,
+	// or that work would wait for ever.
+	Pending bool
 }
 
 // Step drains the inbox into the core and appends every Ready the core
@@ -104,7 +109,19 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 		out = append(out, rd)
 	}
 	r.publishStatus()
+	res.Pending = r.hasPending()
 	return out, res
+}
+
+// hasPending reports work retried on a later step.
+func (r *Replica) hasPending() bool {
+	r.in.mu.Lock()
+	n := len(r.in.reads) + len(r.in.props)
+	r.in.mu.Unlock()
+	r.mu.Lock()
+	n += len(r.waitingProps) + len(r.readRounds)
+	r.mu.Unlock()
+	return n > 0
 }
 
 // propose hands proposals to the core: all normal commands as one batch,
