@@ -69,6 +69,9 @@ type replica struct {
 	step, apply  schedSlot
 	quiesced     atomic.Bool
 	reportedStop atomic.Bool
+	// applyBarrier counts this replica's Readys whose apply waits for their
+	// flush; while any is outstanding, later committed entries wait too.
+	applyBarrier atomic.Int32
 }
 
 // Open opens the node's store, starts its transport, workers and ticker,

@@ -17,6 +17,8 @@ const maxStepBatch = 256
 type persisted struct {
 	r  *replica
 	rd group.Ready
+	// barrier: this Ready's apply waits for its flush (see stepWorker).
+	barrier bool
 }
 
 // stepWorker takes batches of ready replicas, steps each, sends what may
@@ -27,6 +29,7 @@ func (n *Node) stepWorker() {
 		batch []*replica
 		rds   []group.Ready
 		msgs  []raftpb.Message
+		early []*replica
 	)
 	for {
 		batch = n.stepSched.next(batch[:0], maxStepBatch)
@@ -50,8 +53,26 @@ func (n *Node) stepWorker() {
 				rd := &rds[i]
 				msgs = n.routeMessages(r, rd.Messages, msgs)
 				req.Updates = append(req.Updates, toUpdate(r.id, rd))
-				items = append(items, persisted{r: r, rd: *rd})
+				it := persisted{r: r, rd: *rd}
+				switch {
+				case rd.Snapshot != nil || rd.ConfState != nil || r.applyBarrier.Load() > 0:
+					// Its apply waits for its flush, and so does every
+					// later Ready's until then (apply order).
+					it.barrier = true
+					r.applyBarrier.Add(1)
+				case len(rd.CommittedEntries) > 0:
+					// Durable and committed: apply now, not after the
+					// flush that records the commit index.
+					r.ApplyEarly(rd.CommittedEntries)
+					it.rd.CommittedEntries = nil
+					early = append(early, r)
+				}
+				items = append(items, it)
 			}
+		}
+		if len(early) > 0 {
+			n.applySched.enqueueMany(early)
+			early = early[:0]
 		}
 		if len(msgs) > 0 {
 			n.tr.Send(msgs)
@@ -146,6 +167,9 @@ func (n *Node) flushed(items []persisted, err error) {
 		acks = append(acks, it.rd.AfterPersist...)
 		if it.r.Persisted(it.rd) {
 			toApply = append(toApply, it.r)
+		}
+		if it.barrier {
+			it.r.applyBarrier.Add(-1)
 		}
 		toStep = append(toStep, it.r)
 	}

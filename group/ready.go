@@ -39,7 +39,11 @@ type ReadState struct {
 //     ConfState/ConfIndex, CompactTo. Persists complete in Ready order.
 //  3. Once the persist is durable: send AfterPersist, apply the Snapshot
 //     and then CommittedEntries to the state machine (in that order, after
-//     everything released earlier), and call Advance.
+//     everything released earlier), and call Advance. CommittedEntries are
+//     durable already (only durable entries are released), so when the
+//     Ready carries no Snapshot and no ConfState — and nothing released
+//     earlier still waits — they may be applied without waiting for this
+//     persist.
 //
 // Several Readys may be outstanding; they must be advanced in order. The
 // Messages and AfterPersist slices return to the core with Advance: the

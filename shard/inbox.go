@@ -123,6 +123,19 @@ func (r *Replica) Campaign() {
 	r.in.mu.Unlock()
 }
 
+// ApplyEarly queues committed entries for the apply worker before their
+// Ready is flushed. The entries are durable already (the core releases only
+// durable entries) and applying needs nothing of the flush — unless the
+// Ready records a snapshot or a membership change, or an earlier Ready
+// whose apply waits for its flush is still outstanding (apply order). The
+// engine checks those; Persisted must then be given rd without its
+// CommittedEntries.
+func (r *Replica) ApplyEarly(ents []raftpb.Entry) {
+	r.applyMu.Lock()
+	r.applyQ = append(r.applyQ, applyTask{ents: ents})
+	r.applyMu.Unlock()
+}
+
 // Persisted tells the replica that rd's persist is durable (the engine has
 // sent rd.AfterPersist). It queues the Advance for the next step and the
 // snapshot and committed entries for the apply worker. It reports whether
