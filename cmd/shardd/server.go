@@ -139,6 +139,7 @@ func (s *server) serve(ls listeners) error {
 	}
 	s.grpcSrv = grpc.NewServer()
 	sharddv1.RegisterKVServer(s.grpcSrv, &kvService{s: s})
+	sharddv1.RegisterAdminServer(s.grpcSrv, &adminService{s: s})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -750,6 +750,278 @@ func (x *ShardStatus) GetError() string {
 	return ""
 }
 
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint64                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Target        uint64                 `protobuf:"varint,2,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TransferLeaderRequest) GetShard() uint64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TransferLeaderRequest) GetTarget() uint64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+type TransferLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{13}
+}
+
+type ChangeMembershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint64                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Voters        []uint64               `protobuf:"varint,2,rep,packed,name=voters,proto3" json:"voters,omitempty"`
+	Learners      []uint64               `protobuf:"varint,3,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipRequest) Reset() {
+	*x = ChangeMembershipRequest{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipRequest) ProtoMessage() {}
+
+func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ChangeMembershipRequest) GetShard() uint64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ChangeMembershipRequest) GetVoters() []uint64 {
+	if x != nil {
+		return x.Voters
+	}
+	return nil
+}
+
+func (x *ChangeMembershipRequest) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
+}
+
+type ChangeMembershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipResponse) Reset() {
+	*x = ChangeMembershipResponse{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipResponse) ProtoMessage() {}
+
+func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+type RequestSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint64                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestSnapshotRequest) Reset() {
+	*x = RequestSnapshotRequest{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestSnapshotRequest) ProtoMessage() {}
+
+func (x *RequestSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*RequestSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RequestSnapshotRequest) GetShard() uint64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+type RequestSnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestSnapshotResponse) Reset() {
+	*x = RequestSnapshotResponse{}
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestSnapshotResponse) ProtoMessage() {}
+
+func (x *RequestSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_shardd_v1_kv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*RequestSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_api_shardd_v1_kv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RequestSnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_api_shardd_v1_kv_proto protoreflect.FileDescriptor
 
 const file_api_shardd_v1_kv_proto_rawDesc = "" +
@@ -805,13 +1077,30 @@ const file_api_shardd_v1_kv_proto_rawDesc = "" +
 	"\blearners\x18\b \x03(\x04R\blearners\x12\x1a\n" +
 	"\bquiesced\x18\t \x01(\bR\bquiesced\x12\x14\n" +
 	"\x05error\x18\n" +
-	" \x01(\tR\x05error2\xc5\x02\n" +
+	" \x01(\tR\x05error\"E\n" +
+	"\x15TransferLeaderRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\x04R\x05shard\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\x04R\x06target\"\x18\n" +
+	"\x16TransferLeaderResponse\"c\n" +
+	"\x17ChangeMembershipRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\x04R\x05shard\x12\x16\n" +
+	"\x06voters\x18\x02 \x03(\x04R\x06voters\x12\x1a\n" +
+	"\blearners\x18\x03 \x03(\x04R\blearners\"\x1a\n" +
+	"\x18ChangeMembershipResponse\".\n" +
+	"\x16RequestSnapshotRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\x04R\x05shard\"/\n" +
+	"\x17RequestSnapshotResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index2\xc5\x02\n" +
 	"\x02KV\x124\n" +
 	"\x03Put\x12\x15.shardd.v1.PutRequest\x1a\x16.shardd.v1.PutResponse\x124\n" +
 	"\x03Get\x12\x15.shardd.v1.GetRequest\x1a\x16.shardd.v1.GetResponse\x12=\n" +
 	"\x06Delete\x12\x18.shardd.v1.DeleteRequest\x1a\x19.shardd.v1.DeleteResponse\x12U\n" +
 	"\x0eCompareAndSwap\x12 .shardd.v1.CompareAndSwapRequest\x1a!.shardd.v1.CompareAndSwapResponse\x12=\n" +
-	"\x06Status\x12\x18.shardd.v1.StatusRequest\x1a\x19.shardd.v1.StatusResponseB1Z/github.com/shardd/shardd/api/shardd/v1;sharddv1b\x06proto3"
+	"\x06Status\x12\x18.shardd.v1.StatusRequest\x1a\x19.shardd.v1.StatusResponse2\x95\x02\n" +
+	"\x05Admin\x12U\n" +
+	"\x0eTransferLeader\x12 .shardd.v1.TransferLeaderRequest\x1a!.shardd.v1.TransferLeaderResponse\x12[\n" +
+	"\x10ChangeMembership\x12\".shardd.v1.ChangeMembershipRequest\x1a#.shardd.v1.ChangeMembershipResponse\x12X\n" +
+	"\x0fRequestSnapshot\x12!.shardd.v1.RequestSnapshotRequest\x1a\".shardd.v1.RequestSnapshotResponseB1Z/github.com/shardd/shardd/api/shardd/v1;sharddv1b\x06proto3"
 
 var (
 	file_api_shardd_v1_kv_proto_rawDescOnce sync.Once
@@ -825,20 +1114,26 @@ func file_api_shardd_v1_kv_proto_rawDescGZIP() []byte {
 	return file_api_shardd_v1_kv_proto_rawDescData
 }
 
-var file_api_shardd_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_api_shardd_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_api_shardd_v1_kv_proto_goTypes = []any{
-	(*PutRequest)(nil),             // 0: shardd.v1.PutRequest
-	(*PutResponse)(nil),            // 1: shardd.v1.PutResponse
-	(*GetRequest)(nil),             // 2: shardd.v1.GetRequest
-	(*GetResponse)(nil),            // 3: shardd.v1.GetResponse
-	(*DeleteRequest)(nil),          // 4: shardd.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 5: shardd.v1.DeleteResponse
-	(*CompareAndSwapRequest)(nil),  // 6: shardd.v1.CompareAndSwapRequest
-	(*CompareAndSwapResponse)(nil), // 7: shardd.v1.CompareAndSwapResponse
-	(*StatusRequest)(nil),          // 8: shardd.v1.StatusRequest
-	(*StatusResponse)(nil),         // 9: shardd.v1.StatusResponse
-	(*PeerStatus)(nil),             // 10: shardd.v1.PeerStatus
-	(*ShardStatus)(nil),            // 11: shardd.v1.ShardStatus
+	(*PutRequest)(nil),               // 0: shardd.v1.PutRequest
+	(*PutResponse)(nil),              // 1: shardd.v1.PutResponse
+	(*GetRequest)(nil),               // 2: shardd.v1.GetRequest
+	(*GetResponse)(nil),              // 3: shardd.v1.GetResponse
+	(*DeleteRequest)(nil),            // 4: shardd.v1.DeleteRequest
+	(*DeleteResponse)(nil),           // 5: shardd.v1.DeleteResponse
+	(*CompareAndSwapRequest)(nil),    // 6: shardd.v1.CompareAndSwapRequest
+	(*CompareAndSwapResponse)(nil),   // 7: shardd.v1.CompareAndSwapResponse
+	(*StatusRequest)(nil),            // 8: shardd.v1.StatusRequest
+	(*StatusResponse)(nil),           // 9: shardd.v1.StatusResponse
+	(*PeerStatus)(nil),               // 10: shardd.v1.PeerStatus
+	(*ShardStatus)(nil),              // 11: shardd.v1.ShardStatus
+	(*TransferLeaderRequest)(nil),    // 12: shardd.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),   // 13: shardd.v1.TransferLeaderResponse
+	(*ChangeMembershipRequest)(nil),  // 14: shardd.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil), // 15: shardd.v1.ChangeMembershipResponse
+	(*RequestSnapshotRequest)(nil),   // 16: shardd.v1.RequestSnapshotRequest
+	(*RequestSnapshotResponse)(nil),  // 17: shardd.v1.RequestSnapshotResponse
 }
 var file_api_shardd_v1_kv_proto_depIdxs = []int32{
 	10, // 0: shardd.v1.StatusResponse.peers:type_name -> shardd.v1.PeerStatus
@@ -848,13 +1143,19 @@ var file_api_shardd_v1_kv_proto_depIdxs = []int32{
 	4,  // 4: shardd.v1.KV.Delete:input_type -> shardd.v1.DeleteRequest
 	6,  // 5: shardd.v1.KV.CompareAndSwap:input_type -> shardd.v1.CompareAndSwapRequest
 	8,  // 6: shardd.v1.KV.Status:input_type -> shardd.v1.StatusRequest
-	1,  // 7: shardd.v1.KV.Put:output_type -> shardd.v1.PutResponse
-	3,  // 8: shardd.v1.KV.Get:output_type -> shardd.v1.GetResponse
-	5,  // 9: shardd.v1.KV.Delete:output_type -> shardd.v1.DeleteResponse
-	7,  // 10: shardd.v1.KV.CompareAndSwap:output_type -> shardd.v1.CompareAndSwapResponse
-	9,  // 11: shardd.v1.KV.Status:output_type -> shardd.v1.StatusResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
+	12, // 7: shardd.v1.Admin.TransferLeader:input_type -> shardd.v1.TransferLeaderRequest
+	14, // 8: shardd.v1.Admin.ChangeMembership:input_type -> shardd.v1.ChangeMembershipRequest
+	16, // 9: shardd.v1.Admin.RequestSnapshot:input_type -> shardd.v1.RequestSnapshotRequest
+	1,  // 10: shardd.v1.KV.Put:output_type -> shardd.v1.PutResponse
+	3,  // 11: shardd.v1.KV.Get:output_type -> shardd.v1.GetResponse
+	5,  // 12: shardd.v1.KV.Delete:output_type -> shardd.v1.DeleteResponse
+	7,  // 13: shardd.v1.KV.CompareAndSwap:output_type -> shardd.v1.CompareAndSwapResponse
+	9,  // 14: shardd.v1.KV.Status:output_type -> shardd.v1.StatusResponse
+	13, // 15: shardd.v1.Admin.TransferLeader:output_type -> shardd.v1.TransferLeaderResponse
+	15, // 16: shardd.v1.Admin.ChangeMembership:output_type -> shardd.v1.ChangeMembershipResponse
+	17, // 17: shardd.v1.Admin.RequestSnapshot:output_type -> shardd.v1.RequestSnapshotResponse
+	10, // [10:18] is the sub-list for method output_type
+	2,  // [2:10] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -871,9 +1172,9 @@ func file_api_shardd_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_shardd_v1_kv_proto_rawDesc), len(file_api_shardd_v1_kv_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_api_shardd_v1_kv_proto_goTypes,
 		DependencyIndexes: file_api_shardd_v1_kv_proto_depIdxs,
