@@ -19,9 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	sharddv1 "github.com/shardd/shardd/api/shardd/v1"
 	"github.com/shardd/shardd/client"
 )
 
@@ -261,6 +264,47 @@ func TestProcessesKillAndRestart(t *testing.T) {
 	// Bad requests give the documented codes.
 	checkErrorCodes(t, c)
 	checkMetricsAndStatus(t, c, 3)
+	checkAdmin(t, c)
+}
+
+// checkAdmin moves a shard's leadership through the Admin API.
+func checkAdmin(t *testing.T, c *procCluster) {
+	t.Helper()
+	conn, err := grpc.NewClient(c.clientA[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	admin := sharddv1.NewAdminClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := c.status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := st.LocalShards[0]
+	target := sh.Leader%3 + 1
+	if _, err := admin.TransferLeader(ctx, &sharddv1.TransferLeaderRequest{Shard: sh.Shard, Target: target}); err != nil {
+		t.Fatalf("transfer shard %d to %d: %v", sh.Shard, target, err)
+	}
+	if st, _ := c.status(target); !leads(st, sh.Shard, target) {
+		t.Fatalf("node %d does not lead shard %d after the transfer", target, sh.Shard)
+	}
+	if _, err := admin.TransferLeader(ctx, &sharddv1.TransferLeaderRequest{Shard: 99999, Target: 1}); status.Code(err) != codes.NotFound {
+		t.Fatalf("transfer of an unknown shard: %v", err)
+	}
+	if r, err := admin.RequestSnapshot(ctx, &sharddv1.RequestSnapshotRequest{Shard: sh.Shard}); err != nil || r.Index == 0 {
+		t.Fatalf("snapshot: %+v %v", r, err)
+	}
+}
+
+func leads(st nodeStatus, shard, node uint64) bool {
+	for _, s := range st.LocalShards {
+		if s.Shard == shard {
+			return s.Leader == node
+		}
+	}
+	return false
 }
 
 // Five processes with three replicas per shard: every node takes every key
