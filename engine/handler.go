@@ -94,5 +94,5 @@ func (h *handler) SnapshotSink(m raftpb.Message, size int64) (transport.Snapshot
 	if _, err := n.get(uint64(m.Shard)); err != nil {
 		return nil, err
 	}
-	return n.snaps.receive(m.Shard, m.Snapshot.Index)
+	return n.snaps.Receive(m.Shard, m.Snapshot.Index)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/shardd/shardd/group"
 	"github.com/shardd/shardd/raftpb"
 	"github.com/shardd/shardd/shard"
+	"github.com/shardd/shardd/snapstore"
 	"github.com/shardd/shardd/transport"
 )
 
@@ -38,7 +39,7 @@ type Node struct {
 	lg    *slog.Logger
 	store *batchio.Store
 	tr    transport.Transport
-	snaps *snapshotStore
+	snaps *snapstore.Store
 	m     *metrics
 
 	mu       sync.RWMutex
@@ -98,10 +99,11 @@ func Open(cfg Config) (*Node, error) {
 	n.stepSched = newScheduler(func(r *replica) *schedSlot { return &r.step })
 	n.applySched = newScheduler(func(r *replica) *schedSlot { return &r.apply })
 	n.events = newEventQueue(cfg.Events)
-	n.snaps = &snapshotStore{fs: cfg.FS, dir: cfg.FS.PathJoin(cfg.DataDir, "snapshots")}
-	if err := cfg.FS.MkdirAll(n.snaps.dir, 0o755); err != nil {
+	snaps, err := snapstore.New(cfg.FS, cfg.FS.PathJoin(cfg.DataDir, "snapshots"))
+	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
+	n.snaps = snaps
 	store, err := batchio.Open(batchio.Options{
 		Dir:        cfg.FS.PathJoin(cfg.DataDir, "store"),
 		FS:         cfg.FS,
@@ -335,7 +337,7 @@ func (n *Node) SaveSnapshot(id raftpb.ShardID, meta raftpb.SnapshotMeta, ref []b
 		CompactTo:    compactTo,
 	}}})
 	if err == nil {
-		n.snaps.removeOlder(id, meta.Index)
+		n.snaps.RemoveOlder(id, meta.Index)
 		n.m.snapshotsTaken.Inc()
 	}
 	return err

@@ -52,7 +52,7 @@ func (n *Node) stepWorker() {
 			for i := range rds {
 				rd := &rds[i]
 				msgs = n.routeMessages(r, rd.Messages, msgs)
-				req.Updates = append(req.Updates, toUpdate(r.id, rd))
+				req.Updates = append(req.Updates, n.toUpdate(r.id, rd))
 				it := persisted{r: r, rd: *rd}
 				switch {
 				case rd.Snapshot != nil || rd.ConfState != nil || r.applyBarrier.Load() > 0:
@@ -128,7 +128,7 @@ func (n *Node) sendSnapshot(r *replica, m raftpb.Message) {
 		return
 	}
 	ref := rec.Data
-	open := func() (io.ReadCloser, int64, error) { return n.snaps.openWithSize(ref) }
+	open := func() (io.ReadCloser, int64, error) { return n.snaps.OpenWithSize(ref) }
 	n.m.snapshotsSent.Inc()
 	n.tr.SendSnapshot(m, open, func(err error) {
 		if err != nil {
@@ -140,11 +140,11 @@ func (n *Node) sendSnapshot(r *replica, m raftpb.Message) {
 }
 
 // toUpdate is what the store must write for rd.
-func toUpdate(id raftpb.ShardID, rd *group.Ready) batchio.Update {
+func (n *Node) toUpdate(id raftpb.ShardID, rd *group.Ready) batchio.Update {
 	u := batchio.Update{Shard: id, Entries: rd.Entries, HardState: rd.HardState, CompactTo: rd.CompactTo}
 	if rd.Snapshot != nil {
 		u.InstallSnapshot = &batchio.SnapshotRecord{Meta: *rd.Snapshot,
-			Data: receivedRef(id, rd.Snapshot.Index)}
+			Data: n.snaps.ReceivedRef(id, rd.Snapshot.Index)}
 	}
 	if rd.ConfState != nil {
 		u.ConfState, u.ConfIndex = rd.ConfState, rd.ConfIndex

@@ -57,7 +57,8 @@ var rules = []rule{
 	{"batchio/...", []string{"raftpb/...", "batchio/..."}, nil},
 	{"transport/...", []string{"raftpb/...", "transport/..."}, nil},
 	{"shard/...", []string{"raftpb/...", "group/...", "shard/..."}, nil},
-	{"engine/...", []string{"raftpb/...", "group/...", "shard/...", "batchio/...", "transport/...", "engine/..."}, nil},
+	{"snapstore/...", []string{"raftpb/...", "shard/...", "snapstore/..."}, nil}, // snapshot files
+	{"engine/...", []string{"raftpb/...", "group/...", "shard/...", "batchio/...", "transport/...", "snapstore/...", "engine/..."}, nil},
 	{"kv/...", []string{"raftpb/...", "shard/...", "batchio/...", "kv/..."}, // the built-in state machine
 		[]string{"engine/...", "transport/...", "group/..."}},
 	{"api/...", []string{"api/..."}, nil},                  // generated client API

@@ -1,7 +1,12 @@
-package engine
+// Package snapstore keeps state machine snapshots as files on a node's
+// vfs.FS: those a replica takes, and those it receives from a leader. A file
+// is written under a temporary name, fsynced, renamed and its directory
+// fsynced, so a crash leaves either the old state or the whole new file.
+// It satisfies shard.SnapshotStore, and its files are transport snapshot
+// sinks.
+package snapstore
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,39 +19,39 @@ import (
 	"github.com/shardd/shardd/shard"
 )
 
-// snapshotStore keeps state machine snapshots as files on the node's FS:
-// dir/<shard>/<index>.snap for those taken here, dir/<shard>/<index>.recv
-// for those received from a leader. Both are written to a temporary file,
-// fsynced, renamed and the directory fsynced, so a crash leaves either the
-// old state or the whole new file (TESTING.md, truncated snapshots).
-//
-// A reference (what the store records) is the file's path under dir.
-type snapshotStore struct {
+// Store keeps snapshot files under dir: dir/<shard>/<index>.snap for those
+// taken here, dir/<shard>/<index>.recv for those received. A reference
+// (what the log store records) is the file's path under dir.
+type Store struct {
 	fs  vfs.FS
 	dir string
 }
 
-var _ shard.SnapshotStore = (*snapshotStore)(nil)
+var _ shard.SnapshotStore = (*Store)(nil)
 
-func (s *snapshotStore) shardDir(id raftpb.ShardID) string {
+// New returns a store of snapshot files under dir, creating it.
+func New(fs vfs.FS, dir string) (*Store, error) {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return &Store{fs: fs, dir: dir}, nil
+}
+
+func (s *Store) shardDir(id raftpb.ShardID) string {
 	return s.fs.PathJoin(s.dir, strconv.FormatUint(uint64(id), 10))
 }
 
-func (s *snapshotStore) name(id raftpb.ShardID, index raftpb.Index, suffix string) string {
+func (s *Store) name(id raftpb.ShardID, index raftpb.Index, suffix string) string {
 	return strconv.FormatUint(uint64(id), 10) + "/" + fmt.Sprintf("%020d", uint64(index)) + suffix
 }
 
 // ReceivedRef implements shard.SnapshotStore.
-func (s *snapshotStore) ReceivedRef(id raftpb.ShardID, index raftpb.Index) []byte {
+func (s *Store) ReceivedRef(id raftpb.ShardID, index raftpb.Index) []byte {
 	return []byte(s.name(id, index, ".recv"))
 }
 
-func receivedRef(id raftpb.ShardID, index raftpb.Index) []byte {
-	return []byte(strconv.FormatUint(uint64(id), 10) + "/" + fmt.Sprintf("%020d", uint64(index)) + ".recv")
-}
-
 // Create implements shard.SnapshotStore.
-func (s *snapshotStore) Create(id raftpb.ShardID, index raftpb.Index) (shard.SnapshotWriter, error) {
+func (s *Store) Create(id raftpb.ShardID, index raftpb.Index) (shard.SnapshotWriter, error) {
 	f, err := s.create(s.name(id, index, ".snap"))
 	if err != nil {
 		return nil, err
@@ -54,11 +59,13 @@ func (s *snapshotStore) Create(id raftpb.ShardID, index raftpb.Index) (shard.Sna
 	return snapshotWriter{f}, nil
 }
 
-func (s *snapshotStore) receive(id raftpb.ShardID, index raftpb.Index) (*snapshotFile, error) {
+// Receive opens the file for a snapshot of shard at index arriving from a
+// leader; the replica finds it under ReceivedRef once installed.
+func (s *Store) Receive(id raftpb.ShardID, index raftpb.Index) (*File, error) {
 	return s.create(s.name(id, index, ".recv"))
 }
 
-func (s *snapshotStore) create(name string) (*snapshotFile, error) {
+func (s *Store) create(name string) (*File, error) {
 	path := s.fs.PathJoin(s.dir, name)
 	if err := s.fs.MkdirAll(s.fs.PathDir(path), 0o755); err != nil {
 		return nil, err
@@ -68,28 +75,28 @@ func (s *snapshotStore) create(name string) (*snapshotFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &snapshotFile{s: s, f: f, tmp: tmp, path: path, ref: []byte(name)}, nil
+	return &File{s: s, f: f, tmp: tmp, path: path, ref: []byte(name)}, nil
 }
 
-// snapshotFile is a snapshot being written; it satisfies both
-// shard.SnapshotWriter and transport.SnapshotSink.
-type snapshotFile struct {
-	s         *snapshotStore
+// File is a snapshot being written; it is a transport.SnapshotSink (Commit
+// returns an error) and, through Create, a shard.SnapshotWriter.
+type File struct {
+	s         *Store
 	f         vfs.File
 	tmp, path string
 	ref       []byte
 	done      bool
 }
 
-func (w *snapshotFile) Write(p []byte) (int, error) { return w.f.Write(p) }
+func (w *File) Write(p []byte) (int, error) { return w.f.Write(p) }
 
 // Commit makes the file durable under its final name.
-func (w *snapshotFile) Commit() error {
+func (w *File) Commit() error {
 	_, err := w.commit()
 	return err
 }
 
-func (w *snapshotFile) commit() ([]byte, error) {
+func (w *File) commit() ([]byte, error) {
 	if w.done {
 		return nil, errors.New("engine: snapshot file already finished")
 	}
@@ -116,7 +123,7 @@ func (w *snapshotFile) commit() ([]byte, error) {
 }
 
 // Abort discards the file.
-func (w *snapshotFile) Abort() error {
+func (w *File) Abort() error {
 	if w.done {
 		return nil
 	}
@@ -125,18 +132,20 @@ func (w *snapshotFile) Abort() error {
 	return w.s.fs.Remove(w.tmp)
 }
 
-// snapshotWriter adapts snapshotFile to shard.SnapshotWriter.
-type snapshotWriter struct{ *snapshotFile }
+// snapshotWriter adapts File to shard.SnapshotWriter.
+type snapshotWriter struct{ *File }
 
 func (w snapshotWriter) Commit() ([]byte, error) { return w.commit() }
 
 // Open implements shard.SnapshotStore.
-func (s *snapshotStore) Open(ref []byte) (shard.SnapshotReader, error) {
-	f, _, err := s.openWithSize(ref)
+func (s *Store) Open(ref []byte) (shard.SnapshotReader, error) {
+	f, _, err := s.OpenWithSize(ref)
 	return f, err
 }
 
-func (s *snapshotStore) openWithSize(ref []byte) (io.ReadCloser, int64, error) {
+// OpenWithSize opens a snapshot by reference and returns its size (what a
+// transport's SendSnapshot needs).
+func (s *Store) OpenWithSize(ref []byte) (io.ReadCloser, int64, error) {
 	name := string(ref)
 	if name == "" || strings.Contains(name, "..") {
 		return nil, 0, fmt.Errorf("engine: bad snapshot reference %q", name)
@@ -156,7 +165,9 @@ func (s *snapshotStore) openWithSize(ref []byte) (io.ReadCloser, int64, error) {
 
 // removeOlder deletes the snapshot files of a shard older than index: only
 // the latest is ever sent or restored.
-func (s *snapshotStore) removeOlder(id raftpb.ShardID, index raftpb.Index) {
+// RemoveOlder deletes the snapshot files of a shard older than index:
+// only the latest is ever sent or restored.
+func (s *Store) RemoveOlder(id raftpb.ShardID, index raftpb.Index) {
 	dir := s.shardDir(id)
 	names, err := s.fs.List(dir)
 	if err != nil {
@@ -168,22 +179,4 @@ func (s *snapshotStore) removeOlder(id raftpb.ShardID, index raftpb.Index) {
 			_ = s.fs.Remove(s.fs.PathJoin(dir, name))
 		}
 	}
-}
-
-// encodeShardSettings keeps a shard's settings in its replica record, so a
-// restart uses them.
-func encodeShardSettings(sc ShardConfig) []byte {
-	b := make([]byte, 16)
-	binary.BigEndian.PutUint64(b, sc.SnapshotEvery)
-	binary.BigEndian.PutUint64(b[8:], sc.CompactionLag)
-	return b
-}
-
-func decodeShardSettings(b []byte) ShardConfig {
-	var sc ShardConfig
-	if len(b) >= 16 {
-		sc.SnapshotEvery = binary.BigEndian.Uint64(b)
-		sc.CompactionLag = binary.BigEndian.Uint64(b[8:])
-	}
-	return sc
 }
