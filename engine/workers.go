@@ -2,6 +2,7 @@ package engine
 
 import (
 	"io"
+	"sync"
 	"time"
 
 	"github.com/shardd/shardd/batchio"
@@ -12,6 +13,24 @@ import (
 // maxStepBatch bounds the replicas one step pass takes: big enough for one
 // fsync to serve many shards, small enough that a pass stays short.
 const maxStepBatch = 256
+
+// pass is what one step pass hands the store: the request and the Readys
+// waiting for it. Passes are pooled: the store calls Done exactly once and
+// keeps nothing of the request afterwards.
+type pass struct {
+	req   batchio.Request
+	items []persisted
+}
+
+var passPool = sync.Pool{New: func() any { return new(pass) }}
+
+func (p *pass) release() {
+	clear(p.req.Updates)
+	clear(p.items)
+	p.req = batchio.Request{Updates: p.req.Updates[:0]}
+	p.items = p.items[:0]
+	passPool.Put(p)
+}
 
 // persisted is one Ready waiting for its flush.
 type persisted struct {
@@ -37,8 +56,8 @@ func (n *Node) stepWorker() {
 			return
 		}
 		start := time.Now()
-		req := &batchio.Request{}
-		var items []persisted
+		ps := passPool.Get().(*pass)
+		req := &ps.req
 		msgs = msgs[:0]
 		for _, r := range batch {
 			var res stepRes
@@ -67,7 +86,7 @@ func (n *Node) stepWorker() {
 					it.rd.CommittedEntries = nil
 					early = append(early, r)
 				}
-				items = append(items, it)
+				ps.items = append(ps.items, it)
 			}
 		}
 		if len(early) > 0 {
@@ -78,12 +97,18 @@ func (n *Node) stepWorker() {
 			n.tr.Send(msgs)
 			n.m.messagesSent.Add(len(msgs))
 		}
-		if len(items) > 0 {
+		if len(ps.items) > 0 {
 			n.m.stepBatch.Update(float64(len(batch)))
-			req.Done = func(err error) { n.flushed(items, err) }
+			req.Done = func(err error) {
+				n.flushed(ps.items, err)
+				ps.release()
+			}
 			if err := n.store.Submit(req); err != nil {
 				n.failNode(err)
+				ps.release()
 			}
+		} else {
+			ps.release()
 		}
 		n.stepSched.done(batch)
 		n.m.stepPass.UpdateDuration(start)

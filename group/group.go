@@ -251,7 +251,7 @@ func (g *Group) tickHeartbeat() {
 	}
 	if g.heartbeatElapsed >= g.cfg.HeartbeatTicks {
 		g.heartbeatElapsed = 0
-		g.bcastHeartbeat()
+		g.heartbeat(true)
 	}
 }
 

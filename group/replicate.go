@@ -51,6 +51,7 @@ func (g *Group) maybeSendAppend(pr *tracker.Progress, sendIfEmpty bool) bool {
 		pr.SentEntries(prevIndex, 0, 0)
 	}
 	pr.SentCommit = l.committed
+	pr.AppSinceBeat = true
 	return true
 }
 
@@ -106,7 +107,13 @@ func (g *Group) sendCommit() {
 // bcastHeartbeat starts a read round and sends every member a heartbeat
 // carrying it and the commit index the member can use (never above its
 // known match, S12).
-func (g *Group) bcastHeartbeat() {
+func (g *Group) bcastHeartbeat() { g.heartbeat(false) }
+
+// heartbeat sends the heartbeats of a read round; a periodic one skips the
+// members that were sent an append since the last periodic heartbeat —
+// the append reset their election timer and carried the commit index, so
+// a busy shard does not pay for both.
+func (g *Group) heartbeat(periodic bool) {
 	round := g.reads.newRound(g.ticks)
 	if pr := g.trk.Progress(g.id); pr != nil {
 		pr.ReadAck = round
@@ -114,6 +121,13 @@ func (g *Group) bcastHeartbeat() {
 	for _, pr := range g.trk.Members() {
 		if pr.ID == g.id {
 			continue
+		}
+		if periodic {
+			skip := pr.AppSinceBeat
+			pr.AppSinceBeat = false
+			if skip {
+				continue
+			}
 		}
 		g.send(raftpb.Message{
 			Type:    raftpb.MsgHeartbeat,

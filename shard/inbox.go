@@ -19,6 +19,22 @@ type drained struct {
 	stopped     bool
 }
 
+// recycle hands back the message and persisted slices a step drained, so
+// the next deliveries reuse their arrays instead of growing new ones. The
+// step is done with their contents (the core copied what it keeps).
+func (in *inbox) recycle(d *drained) {
+	clear(d.msgs)
+	clear(d.persisted)
+	in.mu.Lock()
+	if in.msgs == nil && cap(d.msgs) > 0 && cap(d.msgs) <= 4096 {
+		in.msgs = d.msgs[:0]
+	}
+	if in.persisted == nil && cap(d.persisted) > 0 && cap(d.persisted) <= 1024 {
+		in.persisted = d.persisted[:0]
+	}
+	in.mu.Unlock()
+}
+
 // take swaps everything queued out of the inbox.
 func (in *inbox) take() drained {
 	in.mu.Lock()

@@ -37,6 +37,7 @@ type StepResult struct {
 func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.Ready, StepResult) {
 	var res StepResult
 	in := r.in.take()
+	defer r.in.recycle(&in)
 	if in.stopped || r.Err() != nil {
 		return out, res
 	}

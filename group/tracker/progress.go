@@ -68,6 +68,10 @@ type Progress struct {
 	// SentCommit is the commit index last sent in a MsgApp, so that a commit
 	// advance is announced once per member, not once per acknowledgement.
 	SentCommit raftpb.Index
+
+	// AppSinceBeat is set when a MsgApp went to the member since the last
+	// periodic heartbeat: that append served as the heartbeat.
+	AppSinceBeat bool
 }
 
 // ResetState moves to state and forgets flow-control state of the old one.
