@@ -121,8 +121,7 @@ type stepRes struct {
 
 func (n *Node) stepReplica(r *replica, out []group.Ready) ([]group.Ready, stepRes) {
 	out, res := r.Step(out, n.events, n.cfg.QuiesceTicks)
-	// A replica with work waiting for a later step keeps being ticked.
-	return out, stepRes{quiesced: r.Quiesced() && !res.Pending}
+	return out, stepRes{quiesced: res.Skip}
 }
 
 // routeMessages appends msgs for the transport; snapshots go through their

@@ -70,6 +70,9 @@ type Group struct {
 
 	// leadTransferee is the target of a leadership transfer in progress.
 	leadTransferee raftpb.NodeID
+	// lastTransferee is the voter a leader that left the voters last
+	// tried to hand off to (handOff tries another next).
+	lastTransferee raftpb.NodeID
 	// pendingConfIndex is the index of the latest membership change the
 	// leader appended; no other may be proposed until it is applied.
 	pendingConfIndex raftpb.Index
@@ -216,10 +219,43 @@ func (g *Group) Tick() {
 
 func (g *Group) tickElection() {
 	g.electionElapsed++
-	if g.promotable() && g.electionElapsed >= g.randomizedElectionTimeout {
+	if g.electionElapsed < g.randomizedElectionTimeout {
+		return
+	}
+	switch {
+	case g.promotable():
 		g.electionElapsed = 0
 		g.resetRandomizedElectionTimeout()
 		g.hup(g.defaultCampaign())
+	case g.isLearner():
+		// Every election timeout from then on. The timer keeps running:
+		// a learner long without a leader does not protect one from votes.
+		if (g.electionElapsed-g.randomizedElectionTimeout)%g.cfg.ElectionTicks == 0 {
+			g.callLeader()
+		}
+	}
+}
+
+// isLearner reports whether this replica is a learner of its configuration.
+func (g *Group) isLearner() bool {
+	pr := g.trk.Progress(g.id)
+	return pr != nil && pr.IsLearner
+}
+
+// callLeader is a learner's substitute for campaigning: having heard
+// nothing for an election timeout, it asks its leader — or every voter,
+// knowing none — to tell it the term and commit index (MsgWake). Without
+// it a learner restarted while its shard is quiesced, or one that missed
+// the quiesce message's commit index, would wait for ever.
+func (g *Group) callLeader() {
+	if g.lead != raftpb.None {
+		g.send(raftpb.Message{Type: raftpb.MsgWake, To: g.lead})
+		return
+	}
+	for _, pr := range g.trk.Members() {
+		if pr.ID != g.id && g.trk.IsVoter(pr.ID) {
+			g.send(raftpb.Message{Type: raftpb.MsgWake, To: pr.ID})
+		}
 	}
 }
 
@@ -247,6 +283,12 @@ func (g *Group) tickHeartbeat() {
 		// abandoned so the leader takes proposals again (S24).
 		if g.leadTransferee != raftpb.None {
 			g.abortLeaderTransfer()
+		}
+		if !g.trk.IsVoter(g.id) {
+			g.handOff()
+			if g.role != Leader {
+				return
+			}
 		}
 	}
 	if g.heartbeatElapsed >= g.cfg.HeartbeatTicks {
@@ -431,6 +473,7 @@ func (g *Group) reset(term raftpb.Term) {
 	g.heartbeatElapsed = 0
 	g.resetRandomizedElectionTimeout()
 	g.abortLeaderTransfer()
+	g.lastTransferee = raftpb.None
 	g.trk.ResetVotes()
 	durable := g.log.unstable.offset - 1
 	last := g.log.lastIndex()
@@ -564,7 +607,7 @@ func (g *Group) send(m raftpb.Message) {
 	m.Shard = g.shard
 	m.From = g.id
 	switch m.Type {
-	case raftpb.MsgProp, raftpb.MsgReadIndex:
+	case raftpb.MsgProp, raftpb.MsgReadIndex, raftpb.MsgWake:
 		m.Term = 0
 	case raftpb.MsgVote, raftpb.MsgPreVote, raftpb.MsgVoteResp, raftpb.MsgPreVoteResp:
 		// Set by the caller: a pre-vote names the future term.

@@ -115,12 +115,10 @@ func (g *Group) tellRemoved(old []*tracker.Progress) {
 
 func (g *Group) leaderConfigChanged() {
 	if !g.trk.IsVoter(g.id) {
-		// S22/S47: removed or demoted. Tell everyone the commit index (so
-		// the entry that removed us is known committed), then step down; the
-		// voters of the new configuration elect among themselves.
+		// S22/S47: removed or demoted. Tell everyone the commit index, then
+		// hand leadership to a voter (handOff).
 		g.sendCommit()
-		g.lg.Info("leader steps down: no longer a voter", "shard", g.shard, "id", g.id, "term", g.term)
-		g.becomeFollower(g.term, raftpb.None)
+		g.handOff()
 		return
 	}
 	if g.leadTransferee != raftpb.None && !g.trk.IsVoter(g.leadTransferee) {
@@ -144,4 +142,38 @@ func (g *Group) maybeAutoLeave() {
 	if err := g.appendProposals([]raftpb.Entry{e}); err != nil {
 		g.lg.Warn("auto-leave not proposed", "shard", g.shard, "err", err)
 	}
+}
+
+// handOff passes leadership on once the leader is no longer a voter. It
+// does not simply step down: a follower that has not learned that the
+// configuration without us committed still counts our vote, and we would
+// refuse it for having a shorter log while never campaigning ourselves —
+// a shard with no leader for ever (simulator seed 174). So we stay leader,
+// replicating and announcing the commit index without counting ourselves,
+// and transfer leadership to the most caught-up voter, preferring one
+// recently heard from; a transfer that does not finish within an election
+// timeout is retried with the next choice (tickHeartbeat). With no voter
+// to hand to, we step down.
+func (g *Group) handOff() {
+	var best *tracker.Progress
+	for _, pr := range g.trk.Members() {
+		if pr.ID == g.id || !g.trk.IsVoter(pr.ID) || pr.ID == g.lastTransferee {
+			continue
+		}
+		if best == nil || pr.RecentActive && !best.RecentActive ||
+			pr.RecentActive == best.RecentActive && pr.Match > best.Match {
+			best = pr
+		}
+	}
+	if best == nil && g.lastTransferee != raftpb.None && g.trk.IsVoter(g.lastTransferee) {
+		best = g.trk.Progress(g.lastTransferee)
+	}
+	if best == nil {
+		g.lg.Info("leader steps down: no longer a voter", "shard", g.shard, "id", g.id, "term", g.term)
+		g.becomeFollower(g.term, raftpb.None)
+		return
+	}
+	g.lg.Info("leader hands off: no longer a voter", "shard", g.shard, "id", g.id, "term", g.term, "to", best.ID)
+	g.lastTransferee = best.ID
+	_ = g.handleTransferLeader(best.ID)
 }

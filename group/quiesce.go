@@ -84,6 +84,10 @@ func (g *Group) benignWhileQuiesced(m *raftpb.Message) bool {
 	switch m.Type {
 	case raftpb.MsgQuiesce:
 		return true
+	case raftpb.MsgWake:
+		// Only a member's call wakes the leader: a removed replica that
+		// never learned it keeps calling.
+		return g.role != Leader || g.trk.Progress(m.From) == nil
 	case raftpb.MsgHeartbeatResp:
 		return g.role == Leader
 	case raftpb.MsgAppResp:

@@ -67,7 +67,7 @@ func (g *Group) validate(m *raftpb.Message) error {
 		uint64(m.LogTerm) >= maxSaneValue || uint64(m.RejectHint) >= maxSaneValue {
 		return invalidMsg(m, "term or index out of range")
 	}
-	termless := m.Type == raftpb.MsgProp || m.Type == raftpb.MsgReadIndex
+	termless := m.Type == raftpb.MsgProp || m.Type == raftpb.MsgReadIndex || m.Type == raftpb.MsgWake
 	if termless != (m.Term == 0) {
 		return invalidMsg(m, "term %d", m.Term)
 	}
@@ -163,7 +163,7 @@ func validateAppend(m *raftpb.Message) error {
 func (g *Group) stepTerm(m *raftpb.Message) bool {
 	switch {
 	case m.Term == 0:
-		// Term-less: forwarded proposals and reads.
+		// Term-less: forwarded proposals and reads, learners' wake calls.
 		return true
 	case m.Term > g.term:
 		if m.Type == raftpb.MsgVote || m.Type == raftpb.MsgPreVote {

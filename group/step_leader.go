@@ -30,6 +30,10 @@ func (g *Group) stepLeader(m *raftpb.Message) error {
 		}
 	case raftpb.MsgReadIndex:
 		g.handleReadRequest(m.From, m.Context)
+	case raftpb.MsgWake:
+		// A learner lost track of us (restarted, or missed the commit
+		// index of the quiesce): the append tells it term and commit.
+		g.maybeSendAppend(pr, true)
 	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
 		// Two leaders in one term would break election safety; it cannot
 		// come from a correct peer.

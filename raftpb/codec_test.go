@@ -362,7 +362,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"cc nested type", &ConfChange{}, "1200 12020804", ErrInvalidField, "ConfChange.changes[1]: ConfChangeSingle.type"},
 		{"msg no type", &Message{}, "1001", ErrInvalidField, "Message.type"},
 		{"msg type 0", &Message{}, "0800", ErrInvalidField, "MsgInvalid"},
-		{"msg type 17", &Message{}, "0811", ErrInvalidField, "17 is out of range [0, 16]"},
+		{"msg type 18", &Message{}, "0812", ErrInvalidField, "18 is out of range [0, 17]"},
 		{"msg type 256", &Message{}, "088002", ErrInvalidField, "Message.type"},
 		{"msg entry type", &Message{}, "0802 62021802", ErrInvalidField, "Message.entries[0]: Entry.type"},
 		{"msg snap cs", &Message{}, "0808 6a041a022a00", ErrWireType, "Message.snapshot: SnapshotMeta.conf_state: ConfState.auto_leave"},
@@ -594,7 +594,7 @@ func TestEnumStrings(t *testing.T) {
 		{AddVoter.String(), "AddVoter"}, {AddLearner.String(), "AddLearner"},
 		{RemoveNode.String(), "RemoveNode"}, {ConfChangeType(7).String(), "ConfChangeType(7)"},
 		{MsgInvalid.String(), "MsgInvalid"}, {MsgQuiesce.String(), "MsgQuiesce"},
-		{numMessageTypes.String(), "MessageType(17)"},
+		{numMessageTypes.String(), "MessageType(18)"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)

@@ -55,6 +55,12 @@ const (
 	// election timer until any activity wakes it. (LogTerm, Index) is the
 	// leader's last entry, Commit its commit index.
 	MsgQuiesce
+	// MsgWake is sent, without a term, by a learner that has not heard
+	// from a leader for an election timeout (it cannot campaign to find
+	// one): to its leader, or to every voter when it knows none. The
+	// leader wakes if quiesced and sends it an append with its term and
+	// commit index.
+	MsgWake
 
 	numMessageTypes
 )
@@ -77,6 +83,7 @@ var messageTypeNames = [...]string{
 	MsgReadIndex:      "MsgReadIndex",
 	MsgReadIndexResp:  "MsgReadIndexResp",
 	MsgQuiesce:        "MsgQuiesce",
+	MsgWake:           "MsgWake",
 }
 
 func (t MessageType) String() string {

@@ -546,3 +546,46 @@ func TestLeaderReadDroppedOnStepDown(t *testing.T) {
 		t.Fatalf("read after a new leader: done=%v err=%v", isDone(rr.Done()), rr.Err())
 	}
 }
+
+// A proposal forwarded in a MsgProp that is lost resolves as
+// ErrResultUnknown after ForwardTimeoutTicks, although the shard stays
+// stable (simulator seed 1); one applied in time is not touched.
+func TestLostForwardExpires(t *testing.T) {
+	c := newCluster(t, 3, nodeOpts{})
+	c.elect(1)
+	f := c.node(2)
+	c.drop = func(m raftpb.Message) bool { return m.Type == raftpb.MsgProp }
+	lost := f.propose(42, "lost=1")
+	c.deliver()
+	if _, ok := f.r.pending[42]; !ok {
+		t.Fatal("setup: proposal not handed to Raft")
+	}
+	c.drop = nil
+	ok := f.propose(43, "ok=1")
+	c.deliver()
+	mustSucceed(t, ok)
+	timeout := f.r.cfg.ForwardTimeoutTicks
+	if timeout != 3*f.r.cfg.Core.ElectionTicks {
+		t.Fatalf("default ForwardTimeoutTicks = %d", timeout)
+	}
+	for i := 0; i < timeout-1; i++ {
+		c.tick()
+	}
+	mustPending(t, lost)
+	if !f.r.hasPending() {
+		t.Fatal("a replica waiting on a forward must keep ticking")
+	}
+	c.tick()
+	if _, err := mustResult(t, lost); !errors.Is(err, ErrResultUnknown) {
+		t.Fatalf("lost forward: %v, want ErrResultUnknown", err)
+	}
+	if got := f.r.outstanding.Load(); got != 0 {
+		t.Fatalf("outstanding = %d", got)
+	}
+	if len(f.r.pending) != 0 || len(f.r.forwarded) != 0 {
+		t.Fatalf("pending %d forwarded %d", len(f.r.pending), len(f.r.forwarded))
+	}
+	if st := c.node(1).r.Status(); st.Leader != 1 {
+		t.Fatalf("leader changed: %+v", st)
+	}
+}

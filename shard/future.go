@@ -33,6 +33,9 @@ type Proposal struct {
 	cmd     []byte
 	cc      *raftpb.ConfChange
 	term    raftpb.Term // the replica's term when the proposal entered Raft
+	// expires is the replica's tick count after which a proposal forwarded
+	// to the leader is given up as ErrResultUnknown (0: not forwarded).
+	expires uint64
 
 	once   sync.Once
 	done   chan struct{}

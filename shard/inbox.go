@@ -203,7 +203,7 @@ func (r *Replica) Stop(err error) {
 	r.stopped, r.stopErr = true, err
 	pending, waiting := r.pending, r.waitingProps
 	rounds, waits := r.readRounds, r.readWait
-	r.pending, r.waitingProps, r.readRounds, r.readWait = map[uint64]*Proposal{}, nil, nil, nil
+	r.pending, r.waitingProps, r.readRounds, r.readWait, r.forwarded = map[uint64]*Proposal{}, nil, nil, nil, nil
 	r.mu.Unlock()
 	for _, p := range append(props, waiting...) {
 		p.complete(Result{}, err)

@@ -62,6 +62,11 @@ type Config struct {
 	// MaxPendingProposals bounds the proposals accepted and not yet
 	// completed (ErrBusy beyond).
 	MaxPendingProposals int
+	// ForwardTimeoutTicks is how long a proposal forwarded to the leader
+	// waits to be applied here before it resolves as ErrResultUnknown: a
+	// lost forward (or one the leader dropped) would otherwise wait for
+	// ever on a stable shard. Default 3 election timeouts.
+	ForwardTimeoutTicks int
 	Logger              *slog.Logger
 }
 
@@ -80,6 +85,7 @@ type Replica struct {
 	// Step-worker state.
 	readSeq   uint64
 	idleTicks int
+	ticks     uint64 // ticks stepped, for forwarded proposals' expiry
 	lastLead  raftpb.NodeID
 	lastTerm  raftpb.Term
 
@@ -89,6 +95,7 @@ type Replica struct {
 	stopped      bool
 	stopErr      error
 	pending      map[uint64]*Proposal // in Raft, by key
+	forwarded    []*Proposal          // pending ones forwarded, by expiry
 	waitingProps []*Proposal          // dropped by the core (no leader yet): retried
 	readRounds   []*readBatch         // ReadIndex in flight, by id
 	readWait     []*readBatch         // read index known, waiting for apply
@@ -182,6 +189,13 @@ func New(cfg Config, restoreRef []byte, restoreIndex raftpb.Index) (*Replica, er
 	}
 	if cfg.MaxPendingProposals <= 0 {
 		cfg.MaxPendingProposals = 4096
+	}
+	if cfg.ForwardTimeoutTicks <= 0 {
+		et := cfg.Core.ElectionTicks
+		if et <= 0 {
+			et = 10
+		}
+		cfg.ForwardTimeoutTicks = 3 * et
 	}
 	r := &Replica{
 		cfg:     cfg,

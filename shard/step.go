@@ -27,6 +27,9 @@ type StepResult struct {
 	// engine must keep ticking the replica even if the core is quiesced,
 	// or that work would wait for ever.
 	Pending bool
+	// Skip: the caller need not tick the replica until something arrives
+	// for it (the core is quiesced and nothing waits for a later step).
+	Skip bool
 }
 
 // Step drains the inbox into the core and appends every Ready the core
@@ -52,6 +55,10 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 		g.Tick()
 	}
 	res.Ticked = in.ticks
+	if in.ticks > 0 {
+		r.ticks += uint64(in.ticks)
+		r.expireForwarded()
+	}
 	for i := range in.msgs {
 		m := &in.msgs[i]
 		if m.Type != raftpb.MsgHeartbeat && m.Type != raftpb.MsgHeartbeatResp {
@@ -111,6 +118,7 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 	}
 	r.publishStatus()
 	res.Pending = r.hasPending()
+	res.Skip = g.Quiesced() && !res.Pending
 	return out, res
 }
 
@@ -120,7 +128,7 @@ func (r *Replica) hasPending() bool {
 	n := len(r.in.reads) + len(r.in.props)
 	r.in.mu.Unlock()
 	r.mu.Lock()
-	n += len(r.waitingProps) + len(r.readRounds)
+	n += len(r.waitingProps) + len(r.readRounds) + len(r.forwarded)
 	r.mu.Unlock()
 	return n > 0
 }
@@ -130,7 +138,14 @@ func (r *Replica) hasPending() bool {
 // leader known yet, a transfer in progress) wait for the next step.
 func (r *Replica) propose(props []*Proposal) {
 	g := r.g
-	term := g.BasicStatus().HardState.Term
+	st := g.BasicStatus()
+	term := st.HardState.Term
+	// Not the leader: the core forwards them, and a lost forward is never
+	// answered; they expire (expireForwarded).
+	var expires uint64
+	if st.Role != group.Leader {
+		expires = r.ticks + uint64(r.cfg.ForwardTimeoutTicks)
+	}
 	ents := make([]raftpb.Entry, 0, len(props))
 	var normal []*Proposal
 	for _, p := range props {
@@ -143,7 +158,7 @@ func (r *Replica) propose(props []*Proposal) {
 	if len(ents) > 0 {
 		switch err := g.Propose(ents); {
 		case err == nil:
-			r.track(normal, term)
+			r.track(normal, term, expires)
 		case errors.Is(err, group.ErrProposalDropped):
 			r.wait(normal)
 		default:
@@ -158,7 +173,7 @@ func (r *Replica) propose(props []*Proposal) {
 		}
 		switch err := g.ProposeConfChange(p.key, *p.cc); {
 		case err == nil:
-			r.track([]*Proposal{p}, term)
+			r.track([]*Proposal{p}, term, expires)
 		case errors.Is(err, group.ErrProposalDropped):
 			r.wait([]*Proposal{p})
 		default:
@@ -169,7 +184,7 @@ func (r *Replica) propose(props []*Proposal) {
 
 // track records proposals handed to Raft. If the replica stopped meanwhile
 // they are resolved at once: they may commit without us seeing it.
-func (r *Replica) track(props []*Proposal, term raftpb.Term) {
+func (r *Replica) track(props []*Proposal, term raftpb.Term, expires uint64) {
 	r.mu.Lock()
 	if r.stopped {
 		r.mu.Unlock()
@@ -180,9 +195,44 @@ func (r *Replica) track(props []*Proposal, term raftpb.Term) {
 	}
 	for _, p := range props {
 		p.term = term
+		p.expires = expires
 		r.pending[p.key] = p
+		if expires != 0 {
+			r.forwarded = append(r.forwarded, p)
+		}
 	}
 	r.mu.Unlock()
+}
+
+// expireForwarded resolves as ErrResultUnknown the forwarded proposals
+// not applied within ForwardTimeoutTicks: the forward may have been lost
+// or dropped by the leader, or may still commit — unknown either way.
+func (r *Replica) expireForwarded() {
+	var done []*Proposal
+	r.mu.Lock()
+	k := 0
+	for ; k < len(r.forwarded); k++ {
+		p := r.forwarded[k]
+		if r.pending[p.key] != p {
+			continue // resolved otherwise
+		}
+		if p.expires > r.ticks {
+			break
+		}
+		delete(r.pending, p.key)
+		done = append(done, p)
+	}
+	if k > 0 {
+		clear(r.forwarded[:k])
+		r.forwarded = r.forwarded[k:]
+		if len(r.forwarded) == 0 {
+			r.forwarded = nil
+		}
+	}
+	r.mu.Unlock()
+	for _, p := range done {
+		p.complete(Result{}, ErrResultUnknown)
+	}
 }
 
 // wait keeps proposals the core could not take for the next step.

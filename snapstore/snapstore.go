@@ -67,7 +67,7 @@ func (s *Store) Receive(id raftpb.ShardID, index raftpb.Index) (*File, error) {
 
 func (s *Store) create(name string) (*File, error) {
 	path := s.fs.PathJoin(s.dir, name)
-	if err := s.fs.MkdirAll(s.fs.PathDir(path), 0o755); err != nil {
+	if err := s.ensureDir(s.fs.PathDir(path)); err != nil {
 		return nil, err
 	}
 	tmp := path + ".tmp"
@@ -76,6 +76,29 @@ func (s *Store) create(name string) (*File, error) {
 		return nil, err
 	}
 	return &File{s: s, f: f, tmp: tmp, path: path, ref: []byte(name)}, nil
+}
+
+// ensureDir creates a shard's directory durably: the new entry in its
+// parent is fsynced too, or a crash could lose the directory — and every
+// snapshot file in it — while the log store's snapshot record points at
+// one (found by the simulator, seed 3).
+func (s *Store) ensureDir(dir string) error {
+	if _, err := s.fs.Stat(dir); err == nil {
+		return nil
+	}
+	if err := s.fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return syncDir(s.fs, s.fs.PathDir(dir))
+}
+
+func syncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // File is a snapshot being written; it is a transport.SnapshotSink (Commit
@@ -98,7 +121,7 @@ func (w *File) Commit() error {
 
 func (w *File) commit() ([]byte, error) {
 	if w.done {
-		return nil, errors.New("engine: snapshot file already finished")
+		return nil, errors.New("snapstore: snapshot file already finished")
 	}
 	w.done = true
 	if err := w.f.Sync(); err != nil {
@@ -111,12 +134,7 @@ func (w *File) commit() ([]byte, error) {
 	if err := w.s.fs.Rename(w.tmp, w.path); err != nil {
 		return nil, err
 	}
-	d, err := w.s.fs.OpenDir(w.s.fs.PathDir(w.path))
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := syncDir(w.s.fs, w.s.fs.PathDir(w.path)); err != nil {
 		return nil, err
 	}
 	return w.ref, nil
@@ -148,7 +166,7 @@ func (s *Store) Open(ref []byte) (shard.SnapshotReader, error) {
 func (s *Store) OpenWithSize(ref []byte) (io.ReadCloser, int64, error) {
 	name := string(ref)
 	if name == "" || strings.Contains(name, "..") {
-		return nil, 0, fmt.Errorf("engine: bad snapshot reference %q", name)
+		return nil, 0, fmt.Errorf("snapstore: bad snapshot reference %q", name)
 	}
 	path := s.fs.PathJoin(s.dir, name)
 	f, err := s.fs.Open(path)
@@ -163,8 +181,6 @@ func (s *Store) OpenWithSize(ref []byte) (io.ReadCloser, int64, error) {
 	return f, st.Size(), nil
 }
 
-// removeOlder deletes the snapshot files of a shard older than index: only
-// the latest is ever sent or restored.
 // RemoveOlder deletes the snapshot files of a shard older than index:
 // only the latest is ever sent or restored.
 func (s *Store) RemoveOlder(id raftpb.ShardID, index raftpb.Index) {
@@ -179,4 +195,10 @@ func (s *Store) RemoveOlder(id raftpb.ShardID, index raftpb.Index) {
 			_ = s.fs.Remove(s.fs.PathJoin(dir, name))
 		}
 	}
+}
+
+// RemoveShard deletes every snapshot file of a shard whose replica here is
+// gone.
+func (s *Store) RemoveShard(id raftpb.ShardID) error {
+	return s.fs.RemoveAll(s.shardDir(id))
 }

@@ -706,8 +706,11 @@ func TestS22RemoveFollowerThenLeader(t *testing.T) {
 			}
 			c.Stabilize()
 			rest := mbConf(mbIDs(2, 3, 4), nil)
-			if st := mbStatus(c, 1); st.Role != group.Follower || !mbHasConf(c, 1, rest) {
-				t.Fatalf("removed leader is %v with config %v", st.Role, c.R(1).G.ConfState())
+			// It hands leadership to a voter and, not hearing from the
+			// members any more, steps down within an election timeout.
+			if _, ok := mbTickUntil(c, 3*mbET, func() bool { return mbStatus(c, 1).Role != group.Leader }); !ok ||
+				!mbHasConf(c, 1, rest) {
+				t.Fatalf("removed leader is %v with config %v", mbStatus(c, 1).Role, c.R(1).G.ConfState())
 			}
 			// It told the others the removal committed before stepping down.
 			for _, id := range mbIDs(2, 3, 4) {
@@ -1290,4 +1293,197 @@ func TestJointChangeMembershipSequence(t *testing.T) {
 			mbCheck(t, c)
 		})
 	}
+}
+
+// A leader that demotes itself hands leadership to a voter instead of just
+// stepping down (simulator seed 174). Here the followers that acked leaving
+// the joint configuration never hear that it committed, and the leader's
+// log is longer than theirs: were it to step down, they would still need
+// its vote for the outgoing half (3 is down), it would refuse them, and
+// as a learner it would never campaign — no leader ever.
+func TestDemotedLeaderHandsOff(t *testing.T) {
+	for seed := uint64(1); seed <= 3; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			c := mbNew(t, Options{Voters: mbIDs(1, 2, 3), Learners: mbIDs(4), Seed: 1740 + seed})
+			mbMakeLeader(t, c, 1)
+			c.Crash(3)
+			var leaveIdx raftpb.Index
+			holding := true
+			c.Net.Filter = func(m *raftpb.Message) bool {
+				if m.From != 1 || !holding {
+					return true
+				}
+				for _, e := range m.Entries {
+					if e.Type == raftpb.EntryConfChange && leaveIdx == 0 {
+						var cc raftpb.ConfChange
+						if err := cc.Unmarshal(e.Data); err == nil && cc.LeaveJoint() {
+							leaveIdx = e.Index
+						}
+					}
+				}
+				if leaveIdx == 0 {
+					return true
+				}
+				// Hold back the news that leaving committed, and every
+				// entry after it.
+				if m.Commit >= leaveIdx {
+					return false
+				}
+				for _, e := range m.Entries {
+					if e.Index > leaveIdx {
+						return false
+					}
+				}
+				return true
+			}
+			if err := c.ProposeConfChange(1, mbCC(raftpb.TransitionAuto, mbLearner(1), mbVoter(4))); err != nil {
+				t.Fatal(err)
+			}
+			extra := false
+			for i := 0; i < 1000; i++ {
+				c.ProcessAll()
+				for _, id := range c.IDs {
+					c.Flush(id)
+				}
+				c.ProcessAll()
+				if leaveIdx != 0 && !extra {
+					extra = true
+					for j := 0; j < 3; j++ {
+						if err := c.Propose(1, mbPut(j)); err != nil {
+							t.Fatal(err)
+						}
+					}
+					continue
+				}
+				if c.Net.Pending() == 0 {
+					break
+				}
+				c.Deliver()
+			}
+			if leaveIdx == 0 || !extra {
+				t.Fatal("the leader never proposed leaving the joint configuration")
+			}
+			want := mbConf(mbIDs(2, 3, 4), mbIDs(1))
+			if !mbHasConf(c, 1, want) || mbLast(c, 1) <= leaveIdx {
+				t.Fatalf("leader 1: config %v last %d (leave at %d)", c.R(1).G.ConfState(), mbLast(c, 1), leaveIdx)
+			}
+			for _, id := range mbIDs(2, 4) {
+				if mbCommit(c, id) >= leaveIdx {
+					t.Fatalf("replica %d learned the commit of %d too early", id, leaveIdx)
+				}
+			}
+			holding = false
+			n, ok := mbTickUntil(c, 4*mbET, func() bool {
+				l := c.Leader()
+				return l == 2 || l == 4
+			})
+			if !ok {
+				t.Fatalf("no leader among 2 and 4 within %d ticks (1 is %v)", 4*mbET, mbStatus(c, 1).Role)
+			}
+			lead := c.Leader()
+			if !mbHasConf(c, lead, want) {
+				t.Fatalf("new leader %d has config %v", lead, c.R(lead).G.ConfState())
+			}
+			if err := c.Propose(lead, mbPut(9)); err != nil {
+				t.Fatal(err)
+			}
+			c.Stabilize()
+			t.Logf("leader %d after %d ticks", lead, n)
+			mbCheck(t, c)
+		})
+	}
+}
+
+// A learner cannot campaign to find its leader, so it calls it (MsgWake)
+// after an election timeout of silence. Here the learner missed every
+// message announcing the last commit index, including the quiesce, and
+// the shard quiesced without it (simulator seed 5): its call wakes the
+// leader, which tells it the commit index; the shard then quiesces again.
+func TestLearnerMissedQuiesceCallsLeader(t *testing.T) {
+	c := mbNew(t, Options{Voters: mbIDs(1, 2, 3), Learners: mbIDs(4), Seed: 55})
+	mbMakeLeader(t, c, 1)
+	c.Stabilize()
+	holding := true
+	var last raftpb.Index
+	c.Net.Filter = func(m *raftpb.Message) bool {
+		if !holding || m.From != 1 || m.To != 4 {
+			return true
+		}
+		return m.Type != raftpb.MsgQuiesce && m.Commit < last
+	}
+	last = mbLast(c, 1) + 1
+	if err := c.Propose(1, mbPut(1)); err != nil {
+		t.Fatal(err)
+	}
+	quiet := func(ids ...raftpb.NodeID) bool {
+		for _, id := range ids {
+			if !c.R(id).G.Quiesced() {
+				return false
+			}
+		}
+		return true
+	}
+	for i := 0; i < 3*mbET && !quiet(1, 2, 3); i++ {
+		mbEngineTick(c)
+	}
+	if !quiet(1, 2, 3) || quiet(4) || mbCommit(c, 4) >= last || mbCommit(c, 1) < last {
+		t.Fatalf("setup: quiesced %v %v %v %v, commit at 4 %d, at 1 %d, last %d",
+			quiet(1), quiet(2), quiet(3), quiet(4), mbCommit(c, 4), mbCommit(c, 1), last)
+	}
+	holding = false
+	n := 0
+	for ; n < 3*mbET && mbCommit(c, 4) < last; n++ {
+		mbEngineTick(c)
+	}
+	if mbCommit(c, 4) < last {
+		t.Fatalf("learner commit %d, want %d", mbCommit(c, 4), last)
+	}
+	for i := 0; i < 3*mbET && !quiet(1, 2, 3, 4); i++ {
+		mbEngineTick(c)
+	}
+	if !quiet(1, 2, 3, 4) {
+		t.Fatalf("shard did not quiesce again")
+	}
+	t.Logf("learner caught up %d ticks after the call could go through", n)
+	mbCheck(t, c)
+}
+
+// A learner restarted while its shard is quiesced knows no leader; its
+// call goes to every voter and the (woken) leader answers.
+func TestRestartedLearnerInQuiescedShardFindsLeader(t *testing.T) {
+	c := mbNew(t, Options{Voters: mbIDs(1, 2, 3), Learners: mbIDs(4), Seed: 56})
+	mbMakeLeader(t, c, 1)
+	if err := c.Propose(1, mbPut(1)); err != nil {
+		t.Fatal(err)
+	}
+	quiet := func() bool {
+		for _, id := range c.IDs {
+			if !c.R(id).G.Quiesced() {
+				return false
+			}
+		}
+		return true
+	}
+	for i := 0; i < 3*mbET && !quiet(); i++ {
+		mbEngineTick(c)
+	}
+	if !quiet() {
+		t.Fatal("setup: shard did not quiesce")
+	}
+	c.Crash(4)
+	if err := c.Restart(4); err != nil {
+		t.Fatal(err)
+	}
+	if l := mbStatus(c, 4).Lead; l != 0 {
+		t.Fatalf("setup: restarted learner knows leader %d", l)
+	}
+	n := 0
+	for ; n < 3*mbET && mbStatus(c, 4).Lead != 1; n++ {
+		mbEngineTick(c)
+	}
+	if st := mbStatus(c, 4); st.Lead != 1 || st.HardState.Commit != mbCommit(c, 1) {
+		t.Fatalf("restarted learner: lead %d commit %d, leader commit %d", st.Lead, st.HardState.Commit, mbCommit(c, 1))
+	}
+	t.Logf("learner found the leader after %d ticks", n)
+	mbCheck(t, c)
 }
