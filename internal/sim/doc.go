@@ -45,8 +45,7 @@
 // # Nodes, crashes and faults
 //
 // A node owns a vfs.NewCrashableMem file system holding its store ("store")
-// and snapshot files ("snapshots", snapshots.go, a port of the engine's
-// unexported snapshot store), the shard.Replicas placed on it, and a
+// and snapshot files ("snapshots", package snapstore, as the engine's), the shard.Replicas placed on it, and a
 // transport. A crash takes vfs.CrashClone of the file system (keeping only
 // synced data plus Faults.UnsyncedPercent of the unsynced blocks and
 // directory entries), drops every in-memory structure and, after a random
@@ -99,40 +98,28 @@
 //
 // # Bugs found
 //
-// Regression seeds are pinned in sim_test.go (TestSimRegression); open
-// ones fail until fixed.
+// Each is pinned as a regression seed in sim_test.go (TestSimRegression)
+// and fixed at its cause, with a unit test in its package:
 //
-//   - engine/snapshots.go: create makes dir/<shard> with MkdirAll and never
-//     fsyncs dir, so a crash loses the shard's directory entry and every
-//     snapshot file in it while the store's snapshot record still points
-//     at one: the replica cannot restart ("opening snapshot: file does not
-//     exist"). Fixed in this package's port; the regression seed runs with
-//     and without the engine's behaviour (snapshotStore.engineDirBug).
-//   - group: a leader that demotes (or removes) itself steps down right
-//     after one best-effort commit message (membership.go
-//     leaderConfigChanged → replicate.go sendCommit, which skips paused
-//     followers; the message may also be lost). Followers that did not
-//     learn that leaving the joint configuration committed still need the
-//     old leader's vote for the outgoing half; it refuses them, its log
-//     being longer (step.go handleVoteRequest, isUpToDate), and never
-//     campaigns as a learner: the shard has no leader for ever. Open; seed
-//     174.
-//   - shard: a proposal forwarded to the leader (MsgProp) that is lost, or
-//     dropped by the leader (transfer in progress, uncommitted-size bound),
-//     stays pending until an entry of a newer term is applied — on a stable
-//     shard, for ever: Proposal.Done never closes, the pending map keeps
-//     it and the outstanding count never comes down (after
-//     MaxPendingProposals such losses the replica answers ErrBusy for
-//     ever). Open; seed 1 (Options.TolerateLostForwards lets the random
-//     seeds go on).
-//   - group/quiescence and learners: a learner restarted while its shard is
-//     quiesced never learns the leader: it does not campaign, the quiesced
-//     leader ignores ReportUnreachable (group.go ReportUnreachable) and
-//     nothing reports NodeReachable to the core (engine/handler.go); so
-//     proposals and reads through it wait for ever. Worse, a learner that
-//     misses the MsgQuiesce carrying the last commit index (lost, or it
-//     was down: quiesce.go Quiesce only requires every member's Match to be
-//     the last index, not its commit) never applies that entry. Voters
-//     recover by campaigning; learners do not. Open; seed 5
-//     (Options.TolerateLeaderlessLearners).
+//   - snapstore (then engine/snapshots.go) created dir/<shard> without
+//     fsyncing dir: a crash lost the shard's directory and every snapshot
+//     file in it while the store's snapshot record pointed at one, and the
+//     replica could not restart. Seed 3.
+//   - group: a leader that demoted (or removed) itself stepped down after
+//     one best-effort commit message. Followers that did not learn that
+//     leaving the joint configuration committed still needed its vote for
+//     the outgoing half; it refused them (longer log) and never campaigned
+//     as a learner: no leader ever. Now it hands leadership to a voter
+//     (membership.go handOff). Seed 174.
+//   - shard: a proposal forwarded to the leader in a MsgProp that was lost
+//     (or dropped by the leader) stayed pending for ever on a stable shard,
+//     and after MaxPendingProposals such losses the replica answered
+//     ErrBusy for ever. Forwarded proposals now expire as ErrResultUnknown
+//     after Config.ForwardTimeoutTicks; the simulator's ticker also skips
+//     only replicas with StepResult.Skip, as the engine's does. Seed 1.
+//   - group/quiescence and learners: a learner restarted while its shard
+//     was quiesced never learned the leader, and one that missed the
+//     quiesce message's commit index never applied that entry (voters
+//     recover by campaigning, learners cannot). Learners now call their
+//     leader with MsgWake after an election timeout of silence. Seed 5.
 package sim
