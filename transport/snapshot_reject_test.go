@@ -33,6 +33,7 @@ func endFrame(data []byte) []byte {
 // Malformed, truncated, reordered, oversized or corrupt snapshot streams
 // are refused with a status, counted, the sink (if opened) aborted, and
 // nothing is handed on; a well-formed one on the same harness succeeds.
+// S27 (wrong offsets and sizes refused), S28 (size cap before allocation).
 func TestSnapshotRejectBadChunks(t *testing.T) {
 	c := newCluster(t, 2, func(cfg *Config) { cfg.MaxSnapshotBytes = 1 << 20 })
 	n1 := c.node(1)

@@ -113,7 +113,8 @@ func checkSnapDelivered(t *testing.T, h *recorder, want raftpb.Message) {
 
 // A 256 MiB snapshot streams with bounded memory on both sides (both are in
 // this process, so the heap seen here is the sum), arrives verified, is
-// committed, and its MsgSnap is delivered after.
+// committed, and its MsgSnap is delivered after. S28 (bounded memory;
+// each transfer is one stream, so there is no per-chunk timeout to trip).
 func TestSnapshotLarge(t *testing.T) {
 	const size = 256 << 20
 	const budget = 64 << 20
@@ -176,7 +177,8 @@ func TestSnapshotLarge(t *testing.T) {
 
 // A stream broken mid-transfer fails that attempt cleanly (the partial
 // sink is aborted) and the sender starts over; the second attempt arrives
-// whole.
+// whole. S27: a transfer is one stream (its identity), so chunks of two
+// snapshots cannot interleave and a retry always starts at offset 0.
 func TestSnapshotRetryAfterBrokenStream(t *testing.T) {
 	const size = 8 << 20
 	c := newCluster(t, 2, func(cfg *Config) { cfg.SnapshotChunkBytes = 256 << 10 })

@@ -63,7 +63,7 @@
 // leadership transfers; quiet periods so shards quiesce and wake; small
 // entry caches so the cores read their logs back from Pebble.
 //
-// # Invariants (oracle.go), after every step
+// # Invariants (oracle.go), after every step (S42)
 //
 // 1. Election safety: at most one leader per (shard, term), from every
 // replica's Status after each step. 2. Log matching: a mirror of every
