@@ -42,10 +42,14 @@ type Config struct {
 	// 10ms.
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks (randomized up to
-	// twice that). The default value is 10.
+	// twice that). The default value is 50 (0.5–1 s at the default tick:
+	// an fsync stall of a few hundred milliseconds does not depose
+	// leaders).
 	ElectionTicks int
 	// HeartbeatTicks is the heartbeat period in ticks. The default value is
-	// 1.
+	// 5 (50 ms at the default tick). The ticker hands each active replica
+	// its ticks in chunks of HeartbeatTicks (at most ElectionTicks/4), so
+	// it is also how often an otherwise idle replica is stepped.
 	HeartbeatTicks int
 	// StepWorkers is the number of goroutines stepping shards. The default
 	// value is GOMAXPROCS.
@@ -143,10 +147,10 @@ func (c *Config) ensureDefaults() {
 		c.TickInterval = 10 * time.Millisecond
 	}
 	if c.ElectionTicks == 0 {
-		c.ElectionTicks = 10
+		c.ElectionTicks = 50
 	}
 	if c.HeartbeatTicks == 0 {
-		c.HeartbeatTicks = 1
+		c.HeartbeatTicks = 5
 	}
 	if c.StepWorkers == 0 {
 		c.StepWorkers = runtime.GOMAXPROCS(0)
@@ -254,4 +258,9 @@ func (s *ShardConfig) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// tickChunk is how many ticks the ticker hands a replica at once.
+func (c *Config) tickChunk() int {
+	return max(1, min(c.HeartbeatTicks, c.ElectionTicks/4))
 }

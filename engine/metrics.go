@@ -18,7 +18,7 @@ type metrics struct {
 	messagesSent, messagesReceived     *vm.Counter
 	unknownShard                       *vm.Counter
 	leaderChanges                      *vm.Counter
-	quiesces                           *vm.Counter
+	quiesces, replicaSteps             *vm.Counter
 	snapshotsTaken, snapshotsSent      *vm.Counter
 	stepBatch, stepPass, proposalTime  *vm.Histogram
 	readTime                           *vm.Histogram
@@ -41,6 +41,7 @@ func newMetrics(n *Node) *metrics {
 		unknownShard:      s.NewCounter("shardd_raft_messages_unknown_shard_total"),
 		leaderChanges:     s.NewCounter("shardd_leader_changes_total"),
 		quiesces:          s.NewCounter("shardd_quiesces_total"),
+		replicaSteps:      s.NewCounter("shardd_replica_steps_total"),
 		snapshotsTaken:    s.NewCounter("shardd_snapshots_taken_total"),
 		snapshotsSent:     s.NewCounter("shardd_snapshots_sent_total"),
 		stepBatch:         s.NewHistogram("shardd_step_batch_replicas"),

@@ -56,3 +56,39 @@ func TestIdleShardsQuiesce(t *testing.T) {
 		t.Fatalf("read of the woken shard: %q %v", v, err)
 	}
 }
+
+// The ticker hands an active replica its ticks in chunks of HeartbeatTicks
+// (tickChunk), so an awake but idle shard is stepped a few times per
+// heartbeat period, not on every tick; logical time still advances at the
+// tick rate (the leader keeps its followers, nobody campaigns).
+func TestTicksInChunks(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *Config) { cfg.QuiesceTicks = -1 })
+	cfg := c.node(1).cfg
+	if cfg.HeartbeatTicks != 5 || cfg.ElectionTicks != 50 || cfg.tickChunk() != 5 {
+		t.Fatalf("defaults: heartbeat %d election %d chunk %d", cfg.HeartbeatTicks, cfg.ElectionTicks, cfg.tickChunk())
+	}
+	c.startShards(1, 1, []uint64{1, 2, 3})
+	c.waitLeaders(1, 1, 30*time.Second, 1, 2, 3)
+	lead, term, _ := c.node(1).Leader(1)
+	steps := func() (n uint64) {
+		for id := uint64(1); id <= 3; id++ {
+			n += c.node(id).m.replicaSteps.Get()
+		}
+		return n
+	}
+	s0, t0 := steps(), time.Now()
+	time.Sleep(time.Second)
+	s1, elapsed := steps(), time.Since(t0)
+	// Per second and replica, a tick per tick interval would be 100
+	// steps; in chunks they are 20, plus a step per heartbeat (followers)
+	// or response (leader): under 200 for three replicas, 300+ without
+	// chunks.
+	ticks := float64(elapsed) / float64(cfg.TickInterval)
+	if got, bound := float64(s1-s0), 5*ticks/2; got > bound {
+		t.Fatalf("%v steps of 3 idle replicas in %v (%.0f ticks); want at most %.0f", s1-s0, elapsed, ticks, bound)
+	}
+	if l, tm, _ := c.node(1).Leader(1); l != lead || tm != term {
+		t.Fatalf("leader %d term %d became %d term %d while idle", lead, term, l, tm)
+	}
+	t.Logf("%d replica steps in %v", s1-s0, elapsed)
+}

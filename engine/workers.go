@@ -59,6 +59,7 @@ func (n *Node) stepWorker() {
 		ps := passPool.Get().(*pass)
 		req := &ps.req
 		msgs = msgs[:0]
+		n.m.replicaSteps.Add(len(batch))
 		for _, r := range batch {
 			var res stepRes
 			rds, res = n.stepReplica(r, rds[:0])
@@ -233,7 +234,8 @@ func (n *Node) ticker() {
 	t := time.NewTicker(n.cfg.TickInterval)
 	defer t.Stop()
 	var active []*replica
-	for {
+	chunk := n.cfg.tickChunk()
+	for tick := 0; ; tick++ {
 		select {
 		case <-n.stop:
 			return
@@ -244,12 +246,20 @@ func (n *Node) ticker() {
 		n.mu.RUnlock()
 		active = active[:0]
 		quiesced := 0
-		for _, r := range list {
+		// Each active replica gets its ticks in chunks, one chunk every
+		// chunk intervals, the replicas spread evenly over the intervals:
+		// stepping a replica costs far more than a tick, and nothing in
+		// the core needs finer time than a heartbeat period.
+		phase := tick % chunk
+		for i, r := range list {
 			if r.quiesced.Load() {
 				quiesced++
 				continue
 			}
-			r.Tick()
+			if i%chunk != phase {
+				continue
+			}
+			r.TickN(chunk)
 			active = append(active, r)
 		}
 		n.m.quiescedShards.Store(int64(quiesced))

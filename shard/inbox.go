@@ -103,10 +103,15 @@ func (r *Replica) Read() (*ReadRequest, error) {
 // and steps a replica less often than the ticker fires, its logical clock
 // slows down instead of running ahead of the messages it waits for —
 // otherwise elections time out before their votes can arrive and repeat.
-func (r *Replica) Tick() {
+func (r *Replica) Tick() { r.TickN(1) }
+
+// TickN queues n ticks for the next step, unless ticks are queued already:
+// a replica the node cannot step in time falls behind in logical time
+// rather than running ahead of the messages its timers wait for.
+func (r *Replica) TickN(n int) {
 	r.in.mu.Lock()
 	if r.in.ticks == 0 {
-		r.in.ticks = 1
+		r.in.ticks = n
 	}
 	r.in.mu.Unlock()
 }
