@@ -263,6 +263,9 @@ func (r *Replica) failPendingUpTo(term raftpb.Term, err error) {
 		}
 	}
 	r.mu.Unlock()
+	if len(done) > 0 {
+		r.lg.Info("proposals of an older term resolved as unknown", "count", len(done), "term", uint64(term))
+	}
 	for _, p := range done {
 		p.complete(Result{}, err)
 	}

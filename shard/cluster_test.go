@@ -565,7 +565,7 @@ func TestLostForwardExpires(t *testing.T) {
 	c.deliver()
 	mustSucceed(t, ok)
 	timeout := f.r.cfg.ForwardTimeoutTicks
-	if timeout != 3*f.r.cfg.Core.ElectionTicks {
+	if timeout != 10*f.r.cfg.Core.ElectionTicks {
 		t.Fatalf("default ForwardTimeoutTicks = %d", timeout)
 	}
 	for i := 0; i < timeout-1; i++ {

@@ -65,7 +65,7 @@ type Config struct {
 	// ForwardTimeoutTicks is how long a proposal forwarded to the leader
 	// waits to be applied here before it resolves as ErrResultUnknown: a
 	// lost forward (or one the leader dropped) would otherwise wait for
-	// ever on a stable shard. Default 3 election timeouts.
+	// ever on a stable shard. Default 10 election timeouts.
 	ForwardTimeoutTicks int
 	Logger              *slog.Logger
 }
@@ -195,7 +195,7 @@ func New(cfg Config, restoreRef []byte, restoreIndex raftpb.Index) (*Replica, er
 		if et <= 0 {
 			et = 10
 		}
-		cfg.ForwardTimeoutTicks = 3 * et
+		cfg.ForwardTimeoutTicks = 10 * et
 	}
 	r := &Replica{
 		cfg:     cfg,

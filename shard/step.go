@@ -230,6 +230,9 @@ func (r *Replica) expireForwarded() {
 		}
 	}
 	r.mu.Unlock()
+	if len(done) > 0 {
+		r.lg.Warn("forwarded proposals expired unanswered", "count", len(done), "after_ticks", r.cfg.ForwardTimeoutTicks)
+	}
 	for _, p := range done {
 		p.complete(Result{}, ErrResultUnknown)
 	}
