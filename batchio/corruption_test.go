@@ -499,7 +499,8 @@ func TestCorruptionSameShardTwiceInARequest(t *testing.T) {
 }
 
 func diffObserved(a, b *observed) string {
-	m := modelShard{exists: a.exists, first: a.first, ents: a.ents, truncTerm: a.truncTerm, hs: a.hs, snap: a.snap}
+	m := modelShard{exists: a.exists, first: a.first, ents: a.ents, truncTerm: a.truncTerm, hs: a.hs, snap: a.snap,
+		snapRec: a.snapRec, conf: a.conf, confIndex: a.confIndex}
 	if a.exists && a.last != m.last() {
 		return fmt.Sprintf("bounds [%d, %d] with %d entries", a.first, a.last, len(a.ents))
 	}

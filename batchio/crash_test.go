@@ -37,6 +37,11 @@ type modelShard struct {
 	truncTerm raftpb.Term    // term of first-1
 	hs        raftpb.HardState
 	snap      raftpb.Index // index of the latest snapshot record
+	// snapRec is the latest snapshot record (nil: none); conf and
+	// confIndex are the membership in force.
+	snapRec   *SnapshotRecord
+	conf      raftpb.ConfState
+	confIndex raftpb.Index
 }
 
 func (m *modelShard) last() raftpb.Index { return m.first + raftpb.Index(len(m.ents)) - 1 }
@@ -51,10 +56,11 @@ func (m *modelShard) term(i raftpb.Index) raftpb.Term {
 // apply applies u as the store documents it (fields in declaration order).
 func (m *modelShard) apply(u *Update) {
 	if u.Create != nil {
-		*m = modelShard{exists: true, first: 1}
+		*m = modelShard{exists: true, first: 1, conf: u.Create.ConfState, confIndex: u.Create.ConfIndex}
 	}
 	if s := u.InstallSnapshot; s != nil {
 		m.first, m.ents, m.truncTerm, m.snap = s.Meta.Index+1, nil, s.Meta.Term, s.Meta.Index
+		m.snapRec, m.conf, m.confIndex = s, s.Meta.ConfState, s.Meta.Index
 	}
 	if len(u.Entries) > 0 {
 		k := int(u.Entries[0].Index - m.first)
@@ -63,8 +69,11 @@ func (m *modelShard) apply(u *Update) {
 	if !u.HardState.IsEmpty() {
 		m.hs = u.HardState
 	}
+	if u.ConfState != nil {
+		m.conf, m.confIndex = *u.ConfState, u.ConfIndex
+	}
 	if u.SaveSnapshot != nil {
-		m.snap = u.SaveSnapshot.Meta.Index
+		m.snap, m.snapRec = u.SaveSnapshot.Meta.Index, u.SaveSnapshot
 	}
 	if c := u.CompactTo; c >= m.first {
 		m.truncTerm = m.term(c)
@@ -84,6 +93,9 @@ type observed struct {
 	truncTerm   raftpb.Term
 	hs          raftpb.HardState
 	snap        raftpb.Index
+	snapRec     *SnapshotRecord
+	conf        raftpb.ConfState
+	confIndex   raftpb.Index
 }
 
 // observe reads shard id's whole state from s: bounds, hard state, the
@@ -100,11 +112,14 @@ func observe(s *Store, id raftpb.ShardID) (observed, error) {
 	o.first, _ = l.FirstIndex()
 	o.last, _ = l.LastIndex()
 	ds, _ := l.InitialState()
-	o.hs = ds.HardState
+	o.hs, o.conf, o.confIndex = ds.HardState, ds.ConfState, ds.ConfIndex
 	if m, err := l.Snapshot(); err == nil {
 		o.snap = m.Index
 	} else if !errors.Is(err, raftpb.ErrSnapshotTemporarilyUnavailable) {
 		return o, err
+	}
+	if r, ok := l.SnapshotRecord(); ok {
+		o.snapRec = &r
 	}
 	if o.first == 0 || o.last+1 < o.first {
 		return o, fmt.Errorf("bounds [%d, %d]", o.first, o.last)
@@ -148,6 +163,10 @@ func (m *modelShard) diff(o *observed) string {
 		return fmt.Sprintf("hard state %+v, model %+v", o.hs, m.hs)
 	case o.snap != m.snap:
 		return fmt.Sprintf("snapshot at %d, model %d", o.snap, m.snap)
+	case !equalSnapshotRecords(o.snapRec, m.snapRec):
+		return fmt.Sprintf("snapshot record %s, model %s", fmtSnapshotRecord(o.snapRec), fmtSnapshotRecord(m.snapRec))
+	case o.confIndex != m.confIndex || !o.conf.Equal(&m.conf):
+		return fmt.Sprintf("membership %v at %d, model %v at %d", o.conf, o.confIndex, m.conf, m.confIndex)
 	case o.truncTerm != m.truncTerm:
 		return fmt.Sprintf("term %d at the truncation point %d, model %d", o.truncTerm, m.first-1, m.truncTerm)
 	}
@@ -159,6 +178,21 @@ func (m *modelShard) diff(o *observed) string {
 		}
 	}
 	return ""
+}
+
+func equalSnapshotRecords(a, b *SnapshotRecord) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Meta.Index == b.Meta.Index && a.Meta.Term == b.Meta.Term &&
+		a.Meta.ConfState.Equal(&b.Meta.ConfState) && bytes.Equal(a.Data, b.Data)
+}
+
+func fmtSnapshotRecord(r *SnapshotRecord) string {
+	if r == nil {
+		return "none"
+	}
+	return fmt.Sprintf("{index %d term %d %v data %q}", r.Meta.Index, r.Meta.Term, r.Meta.ConfState, r.Data)
 }
 
 // shardGen generates a valid random stream of updates for one shard, the

@@ -275,8 +275,12 @@ func walFailure(t *testing.T, kinds []errorfs.OpKind) {
 }
 
 // The sweep: the k-th WAL sync (or write) of a small multi-shard workload
-// fails, for every k the workload reaches.
+// fails, and every later one too, for every k the workload reaches
+// (subtests sync and write); and, over the sweep plan of sweep_test.go
+// (24 shards, snapshots, compactions, removals), the k-th write op of any
+// kind and on any file fails once, for every k from Open to Close (ops).
 func TestErrorFSSweep(t *testing.T) {
+	t.Run("ops", errorSweep)
 	for _, tc := range []struct {
 		name  string
 		kinds []errorfs.OpKind

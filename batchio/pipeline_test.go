@@ -10,7 +10,15 @@ import (
 	"github.com/shardd/shardd/raftpb"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, ignorePebbleOpenLeak) }
+
+// ignorePebbleOpenLeak ignores the compaction scheduler's ticker goroutine
+// that pebble.Open (v2.1.7) starts and never stops when it fails after
+// registering the DB with the scheduler (Close is what unregisters it):
+// the error sweep (sweep_test.go) fails Open at every op. A store left
+// open still shows up through its other goroutines (the pipeline's writer,
+// Pebble's WAL flusher and cleaners).
+var ignorePebbleOpenLeak = goleak.IgnoreTopFunction("github.com/cockroachdb/pebble/v2.(*ConcurrencyLimitScheduler).periodicGranter")
 
 // seam is a fake commit function: it records each flush, can block until
 // released and can fail.

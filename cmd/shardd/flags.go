@@ -123,7 +123,11 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 			return badFlag(name, "%s:%d: %v", path, line, err)
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		// A line over the scanner's limit, or a path that is a directory.
+		return badFlag("config", "%s: %v", path, err)
+	}
+	return nil
 }
 
 // parsePeers parses "1=host:port,2=host:port".
