@@ -1,8 +1,16 @@
 // Package client is the Go client of the shardd daemon's KV API
-// (shardd.v1.KV). It spreads requests over the nodes it is given, and
-// retries what is safe to retry: a node that has no leader for the key's
-// shard yet, or a full queue (Unavailable, ResourceExhausted), honouring the
-// server's retry hint, until the request's deadline.
+// (shardd.v1.KV). It spreads requests over the nodes it is given and
+// retries, until the request's deadline and honouring the server's retry
+// hint, what is safe to retry:
+//
+//   - reads and Status: any Unavailable or ResourceExhausted;
+//   - writes: only what certainly did not run — a full queue
+//     (ResourceExhausted) or an Unavailable carrying the server's retry
+//     hint (no leader yet; the node is closing). A write is sent only over
+//     a connection that is up, and one whose reply is lost (the node died,
+//     the connection broke) returns ErrOutcomeUnknown: sending it again
+//     could apply it twice, or report a compare-and-swap that applied as
+//     failed.
 package client
 
 import (
@@ -15,7 +23,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -74,7 +84,7 @@ func New(targets []string, opts Options) (*Client, error) {
 	}
 	c := &Client{opts: opts}
 	for _, t := range targets {
-		conn, err := grpc.NewClient(t, grpc.WithTransportCredentials(creds))
+		conn, err := grpc.NewClient(t, grpc.WithTransportCredentials(creds), grpc.WithConnectParams(connectParams))
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("client: %s: %w", t, err)
@@ -104,7 +114,7 @@ type WriteResult struct {
 // Put sets key to value.
 func (c *Client) Put(ctx context.Context, key, value []byte) (WriteResult, error) {
 	var res WriteResult
-	err := c.do(ctx, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
+	err := c.do(ctx, true, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
 		r, err := kv.Put(ctx, &sharddv1.PutRequest{Key: key, Value: value}, opts...)
 		if err == nil {
 			res = WriteResult{Shard: r.Shard, Index: r.Index}
@@ -128,7 +138,7 @@ func (c *Client) GetStale(ctx context.Context, key []byte) (value []byte, found 
 func (c *Client) get(ctx context.Context, key []byte, stale bool) ([]byte, bool, error) {
 	var v []byte
 	var found bool
-	err := c.do(ctx, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
+	err := c.do(ctx, false, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
 		r, err := kv.Get(ctx, &sharddv1.GetRequest{Key: key, Stale: stale}, opts...)
 		if err == nil {
 			v, found = r.Value, r.Found
@@ -141,7 +151,7 @@ func (c *Client) get(ctx context.Context, key []byte, stale bool) ([]byte, bool,
 // Delete removes key (a no-op if it does not exist).
 func (c *Client) Delete(ctx context.Context, key []byte) (WriteResult, error) {
 	var res WriteResult
-	err := c.do(ctx, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
+	err := c.do(ctx, true, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
 		r, err := kv.Delete(ctx, &sharddv1.DeleteRequest{Key: key}, opts...)
 		if err == nil {
 			res = WriteResult{Shard: r.Shard, Index: r.Index}
@@ -155,7 +165,7 @@ func (c *Client) Delete(ctx context.Context, key []byte) (WriteResult, error) {
 // expectAbsent, if it does not exist); otherwise it returns ErrCASFailed.
 func (c *Client) CompareAndSwap(ctx context.Context, key, expected []byte, expectAbsent bool, value []byte) (WriteResult, error) {
 	var res WriteResult
-	err := c.do(ctx, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
+	err := c.do(ctx, true, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
 		r, err := kv.CompareAndSwap(ctx, &sharddv1.CompareAndSwapRequest{Key: key, Expected: expected,
 			ExpectAbsent: expectAbsent, Value: value}, opts...)
 		if err == nil {
@@ -169,7 +179,7 @@ func (c *Client) CompareAndSwap(ctx context.Context, key, expected []byte, expec
 // Status returns the status of one node (the next in rotation).
 func (c *Client) Status(ctx context.Context) (*sharddv1.StatusResponse, error) {
 	var res *sharddv1.StatusResponse
-	err := c.do(ctx, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
+	err := c.do(ctx, false, func(ctx context.Context, kv sharddv1.KVClient, opts ...grpc.CallOption) error {
 		r, err := kv.Status(ctx, &sharddv1.StatusRequest{}, opts...)
 		res = r
 		return err
@@ -178,40 +188,86 @@ func (c *Client) Status(ctx context.Context) (*sharddv1.StatusResponse, error) {
 }
 
 // do runs call on the next node, retrying transient failures on the
-// following nodes until the deadline.
-func (c *Client) do(ctx context.Context, call func(context.Context, sharddv1.KVClient, ...grpc.CallOption) error) error {
+// following nodes until the deadline; a write is retried only when it
+// certainly did not run (see the package documentation).
+func (c *Client) do(ctx context.Context, write bool, call func(context.Context, sharddv1.KVClient, ...grpc.CallOption) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
 		defer cancel()
 	}
 	backoff := c.opts.RetryBackoff
+	last := "no node reachable"
 	for {
 		i := c.next.Add(1) % uint64(len(c.kvs))
 		var trailer metadata.MD
-		err := call(ctx, c.kvs[i], grpc.Trailer(&trailer))
+		var err error
+		if write && !c.up(ctx, i) {
+			err = status.Error(codes.Unavailable, "connection not up")
+		} else {
+			err = call(ctx, c.kvs[i], grpc.Trailer(&trailer))
+		}
 		if err == nil {
 			return nil
 		}
 		st, _ := status.FromError(err)
-		switch st.Code() {
-		case codes.Unavailable, codes.ResourceExhausted:
+		hint := trailer.Get("retry-after-ms")
+		switch {
+		case st.Code() == codes.ResourceExhausted:
+		case st.Code() == codes.Unavailable && (!write || len(hint) > 0 || st.Message() == "connection not up"):
+		case st.Code() == codes.Unavailable:
+			// Sent over a live connection, and the reply was lost.
+			return fmt.Errorf("%w: %s", ErrOutcomeUnknown, st.Message())
 		default:
 			return mapStatus(st)
 		}
+		last = st.Message()
 		wait := backoff
-		if v := trailer.Get("retry-after-ms"); len(v) > 0 {
-			if ms, perr := strconv.Atoi(v[0]); perr == nil && ms > 0 {
+		if len(hint) > 0 {
+			if ms, perr := strconv.Atoi(hint[0]); perr == nil && ms > 0 {
 				wait = time.Duration(ms) * time.Millisecond
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %s (last: %v)", ErrUnavailable, ctx.Err(), st.Message())
+			return fmt.Errorf("%w: %s (last: %v)", ErrUnavailable, ctx.Err(), last)
 		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// connectParams retry a lost node's connection within seconds (gRPC's
+// default backoff grows to two minutes), so a restarted node takes writes
+// again soon.
+var connectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+	MinConnectTimeout: 2 * time.Second,
+}
+
+// connectWait bounds how long a write waits for a node's connection to
+// come up before it tries the next node.
+const connectWait = 200 * time.Millisecond
+
+// up reports whether node i's connection is up, connecting it and waiting
+// a little if it is not: a write goes only over a live connection, so that
+// a failure before it left is told from a lost reply.
+func (c *Client) up(ctx context.Context, i uint64) bool {
+	conn := c.conns[i]
+	s := conn.GetState()
+	if s == connectivity.Ready {
+		return true
+	}
+	conn.Connect()
+	wctx, cancel := context.WithTimeout(ctx, connectWait)
+	defer cancel()
+	for s != connectivity.Ready {
+		if s == connectivity.TransientFailure || s == connectivity.Shutdown || !conn.WaitForStateChange(wctx, s) {
+			return false
+		}
+		s = conn.GetState()
+	}
+	return true
 }
 
 // mapStatus turns a final status into the client's error values.

@@ -30,11 +30,13 @@ func (k *kvService) Put(ctx context.Context, req *sharddv1.PutRequest) (*sharddv
 	}
 	shard := k.s.place.shardOf(req.Key)
 	if !k.local(shard) {
-		c, err := k.s.forwarder(shard)
+		c, err := k.s.forwarder(ctx, shard)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
+			return nil, k.unavailable(ctx, err)
 		}
-		return c.Put(ctx, req)
+		var md metadata.MD
+		resp, err := c.Put(ctx, req, grpc.Trailer(&md))
+		return resp, k.forwardErr(ctx, err, md)
 	}
 	res, err := k.propose(ctx, shard, kv.EncodePut(req.Key, req.Value))
 	if err != nil {
@@ -49,11 +51,13 @@ func (k *kvService) Delete(ctx context.Context, req *sharddv1.DeleteRequest) (*s
 	}
 	shard := k.s.place.shardOf(req.Key)
 	if !k.local(shard) {
-		c, err := k.s.forwarder(shard)
+		c, err := k.s.forwarder(ctx, shard)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
+			return nil, k.unavailable(ctx, err)
 		}
-		return c.Delete(ctx, req)
+		var md metadata.MD
+		resp, err := c.Delete(ctx, req, grpc.Trailer(&md))
+		return resp, k.forwardErr(ctx, err, md)
 	}
 	res, err := k.propose(ctx, shard, kv.EncodeDelete(req.Key))
 	if err != nil {
@@ -72,11 +76,13 @@ func (k *kvService) CompareAndSwap(ctx context.Context, req *sharddv1.CompareAnd
 	}
 	shard := k.s.place.shardOf(req.Key)
 	if !k.local(shard) {
-		c, err := k.s.forwarder(shard)
+		c, err := k.s.forwarder(ctx, shard)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
+			return nil, k.unavailable(ctx, err)
 		}
-		return c.CompareAndSwap(ctx, req)
+		var md metadata.MD
+		resp, err := c.CompareAndSwap(ctx, req, grpc.Trailer(&md))
+		return resp, k.forwardErr(ctx, err, md)
 	}
 	res, err := k.propose(ctx, shard, kv.EncodeCAS(req.Key, req.Expected, !req.ExpectAbsent, req.Value))
 	if err != nil {
@@ -94,11 +100,16 @@ func (k *kvService) Get(ctx context.Context, req *sharddv1.GetRequest) (*sharddv
 	}
 	shard := k.s.place.shardOf(req.Key)
 	if !k.local(shard) {
-		c, err := k.s.forwarder(shard)
+		c, err := k.s.forwarder(ctx, shard)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
+			return nil, k.unavailable(ctx, err)
 		}
-		return c.Get(ctx, req)
+		var md metadata.MD
+		resp, err := c.Get(ctx, req, grpc.Trailer(&md))
+		if hint := md.Get("retry-after-ms"); len(hint) > 0 {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs("retry-after-ms", hint[0]))
+		}
+		return resp, err
 	}
 	var out []byte
 	var err error
@@ -139,6 +150,28 @@ func (k *kvService) local(shard uint64) bool { return k.s.place.hosts(shard, k.s
 // retryAfterMs is the hint sent with Unavailable: about an election.
 func (k *kvService) retryAfterMs() string {
 	return strconv.Itoa(int(k.s.f.tick.Milliseconds()) * 20)
+}
+
+// unavailable refuses a request that did not run, with a retry hint.
+func (k *kvService) unavailable(ctx context.Context, err error) error {
+	_ = grpc.SetTrailer(ctx, metadata.Pairs("retry-after-ms", k.retryAfterMs()))
+	return status.Error(codes.Unavailable, err.Error())
+}
+
+// forwardErr passes on the outcome of a write forwarded to another node.
+// An Unavailable with the other node's retry hint did not run and is
+// passed on with the hint; one without it means the reply was lost on a
+// live connection — the write may have run — so it becomes Aborted
+// (outcome unknown), never a retryable Unavailable.
+func (k *kvService) forwardErr(ctx context.Context, err error, md metadata.MD) error {
+	if err == nil || status.Code(err) != codes.Unavailable {
+		return err
+	}
+	if hint := md.Get("retry-after-ms"); len(hint) > 0 {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("retry-after-ms", hint[0]))
+		return err
+	}
+	return status.Error(codes.Aborted, "outcome unknown: forwarded write lost its reply: "+status.Convert(err).Message())
 }
 
 // needLeader refuses at once, with a retry hint, a request for a shard that

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
 	sharddv1 "github.com/shardd/shardd/api/shardd/v1"
@@ -34,7 +35,7 @@ type server struct {
 	wg      sync.WaitGroup
 
 	fwdMu sync.Mutex
-	fwd   map[uint64]sharddv1.KVClient // client connections to other nodes
+	fwd   map[uint64]*grpc.ClientConn // client connections to other nodes
 	conns []*grpc.ClientConn
 }
 
@@ -45,7 +46,7 @@ type listeners struct {
 }
 
 func newServer(f *serveFlags, lg *slog.Logger, ls listeners) (*server, error) {
-	s := &server{f: f, lg: lg, kv: kv.NewStore(), fwd: map[uint64]sharddv1.KVClient{}, start: time.Now()}
+	s := &server{f: f, lg: lg, kv: kv.NewStore(), fwd: map[uint64]*grpc.ClientConn{}, start: time.Now()}
 	var nodes []uint64
 	for id := range f.peers {
 		nodes = append(nodes, id)
@@ -197,10 +198,32 @@ func (s *server) stop(ctx context.Context) error {
 }
 
 // forwarder returns a client of a node hosting shard (for keys of shards
-// this node does not host).
-func (s *server) forwarder(shard uint64) (sharddv1.KVClient, error) {
+// this node does not host), one whose connection is up if any is: a write
+// must only leave over a live connection, so that a failure before it left
+// is told from a lost reply (kvService.forwardErr).
+func (s *server) forwarder(ctx context.Context, shard uint64) (sharddv1.KVClient, error) {
 	reps := s.place.replicasOf(shard)
-	target := reps[int(time.Now().UnixNano())%len(reps)]
+	first := int(time.Now().UnixNano() % int64(len(reps)))
+	var last error
+	for k := range reps {
+		target := reps[(first+k)%len(reps)]
+		if target == s.f.nodeID {
+			continue
+		}
+		conn, err := s.fwdConn(target)
+		if err != nil {
+			last = err
+			continue
+		}
+		if connUp(ctx, conn) {
+			return sharddv1.NewKVClient(conn), nil
+		}
+		last = fmt.Errorf("node %d: connection not up", target)
+	}
+	return nil, fmt.Errorf("no replica of shard %d reachable: %v", shard, last)
+}
+
+func (s *server) fwdConn(target uint64) (*grpc.ClientConn, error) {
 	s.fwdMu.Lock()
 	defer s.fwdMu.Unlock()
 	if c, ok := s.fwd[target]; ok {
@@ -215,7 +238,25 @@ func (s *server) forwarder(shard uint64) (sharddv1.KVClient, error) {
 		return nil, err
 	}
 	s.conns = append(s.conns, conn)
-	c := sharddv1.NewKVClient(conn)
-	s.fwd[target] = c
-	return c, nil
+	s.fwd[target] = conn
+	return conn, nil
+}
+
+// connUp reports whether conn is up, connecting it and waiting briefly if
+// it is not.
+func connUp(ctx context.Context, conn *grpc.ClientConn) bool {
+	st := conn.GetState()
+	if st == connectivity.Ready {
+		return true
+	}
+	conn.Connect()
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	for st != connectivity.Ready {
+		if st == connectivity.TransientFailure || st == connectivity.Shutdown || !conn.WaitForStateChange(wctx, st) {
+			return false
+		}
+		st = conn.GetState()
+	}
+	return true
 }

@@ -31,9 +31,8 @@ var (
 	flagLedWithin    = flag.Duration("chaos.led-within", 30*time.Second, "every shard must be led this long after healing")
 	flagKeep         = flag.Bool("chaos.keep", false, "keep the data dirs and logs when the run passes")
 	flagLogLevel     = flag.String("chaos.log-level", "info", "shardd --log-level")
-	flagClient       = flag.String("chaos.client", "raw", "the workers' client: raw (the gRPC API, retrying only what "+
-		"certainly did not run) or go (package client, as users run it; it retries writes that may have run, a known "+
-		"bug: see TestGoClientCASWithLostReply)")
+	flagClient       = flag.String("chaos.client", "go", "the workers' client: go (package client, as users run it) or "+
+		"raw (the gRPC API, retrying only what certainly did not run)")
 )
 
 func faultNames() string {

@@ -13,11 +13,11 @@
 // state of every replica read from its store: datadir.go), no ERROR,
 // panic or fatal line in the logs, and no leaked goroutines or files.
 //
-// The workers use rawKV (kvclient.go), which retries a write only when
-// the server certifies it did not run. -chaos.client=go runs the Go
-// client instead; it retries writes that may have run (a known bug,
-// TestGoClientCASWithLostReply, run with -chaos.known-bugs), so a kill
-// under load can fail porcupine.
+// The workers use the Go client (package client), as users do;
+// -chaos.client=raw uses rawKV (kvclient.go), a bare gRPC client that
+// retries a write only when the server certifies it did not run. The Go
+// client used to retry writes whose reply was lost (a kill under load
+// failed porcupine, seed 2): TestGoClientCASWithLostReply pins it.
 //
 //	go test ./test/chaos -run TestChaos -chaos.duration=5m -timeout 20m -v     # make chaos
 //	go test ./test/chaos -run TestChaos -chaos.duration=60m -timeout 90m -v    # make chaos-long

@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"errors"
-	"flag"
 	"net"
 	"sync"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"github.com/shardd/shardd/client"
 )
 
-var flagKnownBugs = flag.Bool("chaos.known-bugs", false, "also run the tests of known, unfixed shardd bugs (they fail)")
 
 // fakeKV is a one-register KV server: Put and CompareAndSwap apply to the
 // register, then run the test's hook (which may block, or fail the call
@@ -245,17 +243,13 @@ func TestNotSent(t *testing.T) {
 	}
 }
 
-// Known bug (client package): the Go client retries every Unavailable,
-// including a connection lost while a write was in flight, and reports
-// the retry's outcome. A CompareAndSwap that applied and then lost its
-// reply is retried, finds its own value and returns ErrCASFailed — a
-// definite "did not happen" for a write that happened (TestChaos with
-// -chaos.client=go fails porcupine this way when a node is killed). Run
-// with -chaos.known-bugs.
+// The Go client once retried every Unavailable, including a connection
+// lost while a write was in flight, and reported the retry's outcome: a
+// CompareAndSwap that applied and then lost its reply was retried, found
+// its own value and returned ErrCASFailed — a definite "did not happen"
+// for a write that happened (TestChaos failed porcupine this way when a
+// node was killed, seed 2). Fixed in package client.
 func TestGoClientCASWithLostReply(t *testing.T) {
-	if !*flagKnownBugs {
-		t.Skip("known bug of package client (retries an in-flight write); run with -chaos.known-bugs")
-	}
 	f := &fakeKV{value: "old"}
 	first := make(chan struct{})
 	f.hook = func(ctx context.Context, call int) error {
