@@ -17,7 +17,6 @@ import (
 	"github.com/shardd/shardd/client"
 )
 
-
 // fakeKV is a one-register KV server: Put and CompareAndSwap apply to the
 // register, then run the test's hook (which may block, or fail the call
 // after it applied).
