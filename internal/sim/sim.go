@@ -277,15 +277,18 @@ func (s *Sim) run() error {
 	for s.now < s.opts.Duration && s.err == nil {
 		s.step(true)
 	}
+	defer func() {
+		// Also in the result of a failed run.
+		s.stats.Committed = 0
+		for _, o := range s.oracles {
+			s.stats.Committed += len(o.committed)
+		}
+	}()
 	if s.err != nil {
 		return s.err
 	}
 	if err := s.liveness(); err != nil {
 		return err
-	}
-	s.stats.Committed = 0
-	for _, o := range s.oracles {
-		s.stats.Committed += len(o.committed)
 	}
 	return s.checkHistory()
 }
