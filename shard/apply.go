@@ -95,7 +95,7 @@ func (r *Replica) HasWork() bool {
 func (r *Replica) Apply(ev Events) {
 	r.applyMu.Lock()
 	tasks := r.applyQ
-	r.applyQ = nil
+	r.applyQ = r.spareQ[:0]
 	r.applyMu.Unlock()
 	for i := range tasks {
 		if stopped, err := r.isStopped(); stopped {
@@ -106,6 +106,9 @@ func (r *Replica) Apply(ev Events) {
 		}
 		r.applyTask(&tasks[i], ev)
 	}
+	// The queue's array serves the next round (tasks hold no data after).
+	clear(tasks)
+	r.spareQ = tasks[:0]
 }
 
 func (r *Replica) applyTask(t *applyTask, ev Events) {
@@ -166,7 +169,12 @@ func (r *Replica) installSnapshot(s *raftpb.SnapshotMeta, ev Events) {
 func (r *Replica) applyEntries(ents []raftpb.Entry) error {
 	applied := r.Applied()
 	h := r.hash.Load()
-	var batch []Entry
+	batch := r.updateBuf[:0]
+	defer func() {
+		// Update does not keep the slice (StateMachine): reuse it.
+		clear(batch)
+		r.updateBuf = batch[:0]
+	}()
 	for i := range ents {
 		e := &ents[i]
 		if e.Index <= applied {
@@ -208,9 +216,7 @@ func (r *Replica) applyEntries(ents []raftpb.Entry) error {
 func (r *Replica) completeProposals(ents []raftpb.Entry, batch []Entry) {
 	b := 0
 	r.mu.Lock()
-	var done []*Proposal
-	var results []Result
-	var errs []error
+	done, results, errs := r.doneBuf[:0], r.resultBuf[:0], r.errBuf[:0]
 	for i := range ents {
 		e := &ents[i]
 		var res Result
@@ -242,6 +248,10 @@ func (r *Replica) completeProposals(ents []raftpb.Entry, batch []Entry) {
 	for i, p := range done {
 		p.complete(results[i], errs[i])
 	}
+	clear(done)
+	clear(results)
+	clear(errs)
+	r.doneBuf, r.resultBuf, r.errBuf = done[:0], results[:0], errs[:0]
 	if t := ents[len(ents)-1].Term; t > r.maxTerm {
 		r.maxTerm = t
 		// An entry of a newer term is applied: a proposal of an older term

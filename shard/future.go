@@ -26,13 +26,13 @@ var (
 // Proposal is a command (or membership change) waiting to be applied on
 // this replica.
 type Proposal struct {
-	// release is called once when the proposal completes (the replica's
-	// outstanding count).
-	release func()
-	key     uint64
-	cmd     []byte
-	cc      *raftpb.ConfChange
-	term    raftpb.Term // the replica's term when the proposal entered Raft
+	// owner's outstanding count is released once when the proposal
+	// completes (nil: not counted).
+	owner *Replica
+	key   uint64
+	cmd   []byte
+	cc    *raftpb.ConfChange
+	term  raftpb.Term // the replica's term when the proposal entered Raft
 	// expires is the replica's tick count after which a proposal forwarded
 	// to the leader is given up as ErrResultUnknown (0: not forwarded).
 	expires uint64
@@ -56,8 +56,8 @@ func (p *Proposal) Result() (Result, error) { return p.result, p.err }
 func (p *Proposal) complete(r Result, err error) {
 	p.once.Do(func() {
 		p.result, p.err = r, err
-		if p.release != nil {
-			p.release()
+		if p.owner != nil {
+			p.owner.outstanding.Add(-1)
 		}
 		close(p.done)
 	})

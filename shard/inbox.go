@@ -19,13 +19,17 @@ type drained struct {
 	stopped     bool
 }
 
-// recycle hands back the message and persisted slices a step drained, so
+// recycle hands back the message, proposal and persisted slices a step drained, so
 // the next deliveries reuse their arrays instead of growing new ones. The
 // step is done with their contents (the core copied what it keeps).
 func (in *inbox) recycle(d *drained) {
 	clear(d.msgs)
 	clear(d.persisted)
+	clear(d.props)
 	in.mu.Lock()
+	if in.props == nil && cap(d.props) > 0 && cap(d.props) <= 4096 {
+		in.props = d.props[:0]
+	}
 	if in.msgs == nil && cap(d.msgs) > 0 && cap(d.msgs) <= 4096 {
 		in.msgs = d.msgs[:0]
 	}
@@ -73,11 +77,12 @@ func (r *Replica) enqueueProposal(p *Proposal) (*Proposal, error) {
 		r.outstanding.Add(-1)
 		return nil, ErrBusy
 	}
-	p.release = func() { r.outstanding.Add(-1) }
+	p.owner = r
 	r.in.mu.Lock()
 	if r.in.stopped {
 		r.in.mu.Unlock()
-		p.release()
+		p.owner = nil
+		r.outstanding.Add(-1)
 		return nil, ErrStopped
 	}
 	r.in.props = append(r.in.props, p)

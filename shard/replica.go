@@ -86,6 +86,8 @@ type Replica struct {
 	readSeq   uint64
 	idleTicks int
 	ticks     uint64 // ticks stepped, for forwarded proposals' expiry
+	entBuf    []raftpb.Entry
+	normBuf   []*Proposal
 	lastLead  raftpb.NodeID
 	lastTerm  raftpb.Term
 
@@ -101,18 +103,25 @@ type Replica struct {
 	readWait     []*readBatch         // read index known, waiting for apply
 
 	// Apply-worker state.
-	applyMu  sync.Mutex // guards applyQ
-	applyQ   []applyTask
-	smMu     sync.RWMutex // Update/Recover vs Lookup
-	sm       StateMachine
-	onDisk   OnDiskStateMachine
-	applied  atomic.Uint64
-	lastSnap raftpb.Index
-	appTerm  raftpb.Term // term of the last applied entry
-	conf     raftpb.ConfState
-	confIdx  raftpb.Index
-	hash     atomic.Uint64 // running hash of applied entries (TESTING.md)
-	maxTerm  raftpb.Term
+	applyMu sync.Mutex // guards applyQ
+	applyQ  []applyTask
+	// Reused by the apply worker: the queue's other array, and the
+	// slices of one applyEntries.
+	spareQ    []applyTask
+	updateBuf []Entry
+	doneBuf   []*Proposal
+	resultBuf []Result
+	errBuf    []error
+	smMu      sync.RWMutex // Update/Recover vs Lookup
+	sm        StateMachine
+	onDisk    OnDiskStateMachine
+	applied   atomic.Uint64
+	lastSnap  raftpb.Index
+	appTerm   raftpb.Term // term of the last applied entry
+	conf      raftpb.ConfState
+	confIdx   raftpb.Index
+	hash      atomic.Uint64 // running hash of applied entries (TESTING.md)
+	maxTerm   raftpb.Term
 
 	// outstanding counts proposals accepted and not yet completed, wherever
 	// they are (inbox, waiting for a leader, in Raft): the bound behind
@@ -120,7 +129,11 @@ type Replica struct {
 	outstanding atomic.Int64
 
 	status atomic.Pointer[Status]
-	err    atomic.Pointer[error] // set when the replica stopped on an error
+	// commit and last are published apart from status: they change on
+	// almost every step, and a new Status each time is an allocation per
+	// step.
+	commit, last atomic.Uint64
+	err          atomic.Pointer[error] // set when the replica stopped on an error
 }
 
 // inbox is what other goroutines hand the replica; the step worker drains
@@ -244,6 +257,8 @@ func (r *Replica) Applied() raftpb.Index { return raftpb.Index(r.applied.Load())
 // Status returns the replica's last published status.
 func (r *Replica) Status() Status {
 	s := *r.status.Load()
+	s.Commit = raftpb.Index(r.commit.Load())
+	s.LastIndex = raftpb.Index(r.last.Load())
 	s.Applied = r.Applied()
 	s.Hash = r.hash.Load()
 	if e := r.err.Load(); e != nil {
@@ -274,9 +289,10 @@ func (r *Replica) fail(err error) {
 // which (ticks) change nothing.
 func (r *Replica) publishStatus() {
 	st := r.g.BasicStatus()
+	r.commit.Store(uint64(st.HardState.Commit))
+	r.last.Store(uint64(st.LastIndex))
 	if old := r.status.Load(); old != nil && old.Role == st.Role && old.Term == st.HardState.Term &&
-		old.Leader == st.Lead && old.Commit == st.HardState.Commit && old.LastIndex == st.LastIndex &&
-		old.Quiesced == st.Quiesced && old.confIndex == st.ConfIndex {
+		old.Leader == st.Lead && old.Quiesced == st.Quiesced && old.confIndex == st.ConfIndex {
 		return
 	}
 	s := &Status{

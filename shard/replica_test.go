@@ -393,12 +393,17 @@ func TestStatusFollowsCore(t *testing.T) {
 	if n.r.status.Load() == s0 {
 		t.Fatal("status not republished after a change")
 	}
-	// Members are shared between publications while unchanged.
+	// Members are shared between publications while unchanged, and a
+	// step that only moves commit and last index publishes no new Status
+	// (no allocation per step).
+	s1 := n.r.status.Load()
 	n.propose(1, "a=1")
 	n.settle()
-	s1 := n.r.status.Load()
-	if s1.Commit != 3 || s1.LastIndex != 3 {
-		t.Fatalf("status after a proposal: %+v", *s1)
+	if st := n.r.Status(); st.Commit != 3 || st.LastIndex != 3 {
+		t.Fatalf("status after a proposal: %+v", st)
+	}
+	if n.r.status.Load() != s1 {
+		t.Fatal("Status republished for a commit")
 	}
 	if len(s1.Members.Voters) == 0 || &s1.Members.Voters[0] != &s0.Members.Voters[0] {
 		t.Fatal("unchanged members were copied")

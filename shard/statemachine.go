@@ -31,7 +31,9 @@ type Entry struct {
 // with snapshot calls; Lookup may run concurrently with Lookup only.
 type StateMachine interface {
 	// Update applies entries in log order and sets each entry's Result. An
-	// error stops the replica (the entry is never skipped).
+	// error stops the replica (the entry is never skipped). The slice is
+	// reused once Update returns: keep no reference to it (the Cmd bytes
+	// stay valid).
 	Update(entries []Entry) error
 	// Lookup answers a read query against the current state.
 	Lookup(query []byte) ([]byte, error)

@@ -89,7 +89,11 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 	r.mu.Unlock()
 	if len(in.props) > 0 || len(waiting) > 0 {
 		res.Active = true
-		r.propose(append(waiting, in.props...))
+		props := in.props
+		if len(waiting) > 0 {
+			props = append(waiting, in.props...)
+		}
+		r.propose(props)
 	}
 	if len(in.reads) > 0 {
 		res.Active = true
@@ -146,8 +150,14 @@ func (r *Replica) propose(props []*Proposal) {
 	if st.Role != group.Leader {
 		expires = r.ticks + uint64(r.cfg.ForwardTimeoutTicks)
 	}
-	ents := make([]raftpb.Entry, 0, len(props))
-	var normal []*Proposal
+	// The core copies the entries (and the caller's proposals go to the
+	// pending map): both slices serve the next step too.
+	ents, normal := r.entBuf[:0], r.normBuf[:0]
+	defer func() {
+		clear(ents)
+		clear(normal)
+		r.entBuf, r.normBuf = ents[:0], normal[:0]
+	}()
 	for _, p := range props {
 		if p.cc != nil {
 			continue
