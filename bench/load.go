@@ -129,6 +129,7 @@ type loadConfig struct {
 	progress                       time.Duration
 	seed                           uint64
 	cpuProfile                     string // profile of the measured window
+	memProfile                     string // heap profile at the window's end
 }
 
 func loadConfigOf(o *options) loadConfig {
@@ -136,7 +137,7 @@ func loadConfigOf(o *options) loadConfig {
 		clients: o.clients, payload: o.payload, shards: o.shards, keys: o.keys,
 		readRatio: o.readRatio, zipf: o.zipf, rate: o.rate,
 		warmup: o.warmup, duration: o.duration, opTimeout: o.opTimeout,
-		progress: o.progress, seed: o.seed, cpuProfile: o.cpuProfile,
+		progress: o.progress, seed: o.seed, cpuProfile: o.cpuProfile, memProfile: o.memProfile,
 	}
 }
 
@@ -222,6 +223,9 @@ func runLoad(ctx context.Context, cfg loadConfig, st kvStore, stderr io.Writer, 
 			l.phase.Store(phaseDone)
 			stats.end = sampler()
 			if perr := stopProfile(); perr != nil && err == nil {
+				err = perr
+			}
+			if perr := writeHeapProfile(cfg.memProfile); perr != nil && err == nil {
 				err = perr
 			}
 		}
@@ -512,4 +516,20 @@ func startProfile(path string) (func() error, error) {
 		pprof.StopCPUProfile()
 		return f.Close()
 	}, nil
+}
+
+// writeHeapProfile writes a heap profile into path (nothing when empty).
+func writeHeapProfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

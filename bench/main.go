@@ -120,6 +120,7 @@ type options struct {
 	seed                       uint64
 	logLevel                   string
 	cpuProfile                 string
+	memProfile                 string
 }
 
 func (o *options) mode() string {
@@ -172,6 +173,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.name, "name", "", "name of the run in JSON and comparisons (default from mode and size)")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the clients' random choices")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured window (load modes) to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end of the measured window (load modes) to this file")
 	fs.StringVar(&o.logLevel, "log", "error", "engine log level on stderr: debug, info, warn, error, none")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -112,7 +112,7 @@ func TestRemote(t *testing.T) {
 		field(t, m, "reads_per_sec") <= 0 || field(t, m, "errors") != 0 {
 		t.Errorf("remote figures: %v", m)
 	}
-	if field(t, m, "fsyncs_per_sec") <= 0 || field(t, m, "entries_per_fsync") < 1 || field(t, m, "messages_per_sec") <= 0 {
+	if field(t, m, "fsyncs_per_sec") <= 0 || field(t, m, "entries_per_fsync") <= 0 || field(t, m, "messages_per_sec") <= 0 {
 		t.Errorf("node figures from /metrics: fsyncs/s %v entries/fsync %v messages/s %v",
 			m["fsyncs_per_sec"], m["entries_per_fsync"], m["messages_per_sec"])
 	}

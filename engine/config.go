@@ -59,7 +59,9 @@ type Config struct {
 	ApplyWorkers int
 	// QuiesceTicks is the number of idle ticks after which a shard
 	// quiesces; negative disables quiescence. The default value is
-	// 2*ElectionTicks.
+	// 4*HeartbeatTicks (200 ms at the defaults): a shard written about once
+	// a second then costs a few messages per write instead of heartbeats
+	// all along.
 	QuiesceTicks int
 	// TLS, when set, enables mutual TLS for both directions of the Raft
 	// transport. The default value is nil (plaintext).
@@ -159,7 +161,7 @@ func (c *Config) ensureDefaults() {
 		c.ApplyWorkers = runtime.GOMAXPROCS(0)
 	}
 	if c.QuiesceTicks == 0 {
-		c.QuiesceTicks = 2 * c.ElectionTicks
+		c.QuiesceTicks = 4 * c.HeartbeatTicks
 	}
 	if c.FS == nil {
 		c.FS = vfs.Default
