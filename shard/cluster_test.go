@@ -565,7 +565,7 @@ func TestLostForwardExpires(t *testing.T) {
 	c.deliver()
 	mustSucceed(t, ok)
 	timeout := f.r.cfg.ForwardTimeoutTicks
-	if timeout != 10*f.r.cfg.Core.ElectionTicks {
+	if timeout != 3*f.r.cfg.Core.ElectionTicks {
 		t.Fatalf("default ForwardTimeoutTicks = %d", timeout)
 	}
 	for i := 0; i < timeout-1; i++ {
@@ -588,4 +588,30 @@ func TestLostForwardExpires(t *testing.T) {
 	if st := c.node(1).r.Status(); st.Leader != 1 {
 		t.Fatalf("leader changed: %+v", st)
 	}
+}
+
+// A forwarded proposal seen in the replica's log does not expire, however
+// long its commit takes: the leader has it, so it commits or a newer term
+// overwrites it (and failPendingUpTo decides it).
+func TestAppendedForwardDoesNotExpire(t *testing.T) {
+	c := newCluster(t, 3, nodeOpts{})
+	c.elect(1)
+	f := c.node(2)
+	// The leader appends and replicates, but hears no acknowledgement.
+	c.drop = func(m raftpb.Message) bool { return m.Type == raftpb.MsgAppResp }
+	p := f.propose(42, "slow=1")
+	c.deliver()
+	if pp := f.r.pending[42]; pp == nil || !pp.appended {
+		t.Fatal("setup: forwarded proposal not seen in the follower's log")
+	}
+	timeout := f.r.cfg.ForwardTimeoutTicks
+	for i := 0; i < 2*timeout && !isDone(p.Done()); i++ {
+		c.tick()
+	}
+	mustPending(t, p)
+	c.drop = nil
+	for i := 0; i < 3 && !isDone(p.Done()); i++ {
+		c.tick()
+	}
+	mustSucceed(t, p)
 }

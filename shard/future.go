@@ -36,6 +36,9 @@ type Proposal struct {
 	// expires is the replica's tick count after which a proposal forwarded
 	// to the leader is given up as ErrResultUnknown (0: not forwarded).
 	expires uint64
+	// appended: a forwarded proposal seen in this replica's log (it no
+	// longer expires).
+	appended bool
 
 	once   sync.Once
 	done   chan struct{}

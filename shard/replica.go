@@ -63,9 +63,10 @@ type Config struct {
 	// completed (ErrBusy beyond).
 	MaxPendingProposals int
 	// ForwardTimeoutTicks is how long a proposal forwarded to the leader
-	// waits to be applied here before it resolves as ErrResultUnknown: a
-	// lost forward (or one the leader dropped) would otherwise wait for
-	// ever on a stable shard. Default 10 election timeouts.
+	// waits to show up in this replica's log before it resolves as
+	// ErrResultUnknown: a lost forward (or one the leader dropped) would
+	// otherwise wait for ever on a stable shard. Default 3 election
+	// timeouts.
 	ForwardTimeoutTicks int
 	Logger              *slog.Logger
 }
@@ -208,7 +209,7 @@ func New(cfg Config, restoreRef []byte, restoreIndex raftpb.Index) (*Replica, er
 		if et <= 0 {
 			et = 10
 		}
-		cfg.ForwardTimeoutTicks = 10 * et
+		cfg.ForwardTimeoutTicks = 3 * et
 	}
 	r := &Replica{
 		cfg:     cfg,

@@ -118,6 +118,9 @@ func (r *Replica) Step(out []group.Ready, ev Events, quiesceTicks int) ([]group.
 		if rd.SoftState != nil {
 			r.leaderMaybeChanged(ev)
 		}
+		if len(r.forwarded) > 0 && len(rd.Entries) > 0 {
+			r.markAppended(rd.Entries)
+		}
 		out = append(out, rd)
 	}
 	r.publishStatus()
@@ -214,17 +217,33 @@ func (r *Replica) track(props []*Proposal, term raftpb.Term, expires uint64) {
 	r.mu.Unlock()
 }
 
+// markAppended notes the forwarded proposals that reached this replica's
+// log: the leader got them, so they commit or are overwritten by a newer
+// term (failPendingUpTo) — nothing is lost that a timeout must cover.
+func (r *Replica) markAppended(ents []raftpb.Entry) {
+	r.mu.Lock()
+	for i := range ents {
+		if k := ents[i].Key; k != 0 {
+			if p := r.pending[k]; p != nil && p.expires != 0 {
+				p.appended = true
+			}
+		}
+	}
+	r.mu.Unlock()
+}
+
 // expireForwarded resolves as ErrResultUnknown the forwarded proposals
-// not applied within ForwardTimeoutTicks: the forward may have been lost
-// or dropped by the leader, or may still commit — unknown either way.
+// neither applied nor seen in the log within ForwardTimeoutTicks: the
+// forward may have been lost or dropped by the leader, or may still
+// commit — unknown either way.
 func (r *Replica) expireForwarded() {
 	var done []*Proposal
 	r.mu.Lock()
 	k := 0
 	for ; k < len(r.forwarded); k++ {
 		p := r.forwarded[k]
-		if r.pending[p.key] != p {
-			continue // resolved otherwise
+		if r.pending[p.key] != p || p.appended {
+			continue // resolved otherwise, or safely in the log
 		}
 		if p.expires > r.ticks {
 			break
