@@ -23,6 +23,13 @@ func (s *Sim) liveness() error {
 	for _, n := range s.nodes {
 		n.pausedUntil = 0
 		n.crashMid = 0
+		if n.up && n.disk.armed.Load() {
+			// A failing disk is a fault too. Its node would fail-stop at
+			// its next flush, during the phase (seed 47 with 120 s runs);
+			// it cannot simply be disarmed, as the WAL writer may have hit
+			// it already. Crash it now; it restarts on a healthy disk.
+			n.crash()
+		}
 		if !n.up {
 			n.downUntil = s.now
 		}
