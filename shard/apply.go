@@ -184,7 +184,7 @@ func (r *Replica) applyEntries(ents []raftpb.Entry) error {
 			return fmt.Errorf("apply: entry %d after %d", e.Index, applied)
 		}
 		applied = e.Index
-		h = chain(h, e)
+		h = ChainHash(h, e)
 		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
 			batch = append(batch, Entry{Index: uint64(e.Index), Cmd: e.Data})
 		}
@@ -369,8 +369,10 @@ func (r *Replica) answerSnapshotRequest(ch chan<- snapResult, idx raftpb.Index, 
 	}
 }
 
-// chain extends the running hash of applied entries.
-func chain(h uint64, e *raftpb.Entry) uint64 {
+// ChainHash extends the running hash of applied entries by e (TESTING.md:
+// h[i] = H(h[i-1], term, index, data)); Status().Hash is its value at
+// Applied. Exported so checkers compute the very same chain.
+func ChainHash(h uint64, e *raftpb.Entry) uint64 {
 	f := fnv.New64a()
 	var b [24]byte
 	binary.BigEndian.PutUint64(b[0:], h)

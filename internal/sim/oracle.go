@@ -1,9 +1,7 @@
 package sim
 
 import (
-	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"sort"
 
 	"github.com/shardd/shardd/group"
@@ -18,19 +16,6 @@ import (
 // committed index (h[i] = H(h[i-1], term, index, data), the same chain
 // shard keeps in Status().Hash), so "same index ⇒ same state" is one
 // comparison.
-
-// chain extends the running hash of applied entries exactly as
-// shard/apply.go does (TESTING.md: h[i] = H(h[i-1], term, index, data)).
-func chain(h uint64, e *raftpb.Entry) uint64 {
-	f := fnv.New64a()
-	var b [24]byte
-	binary.BigEndian.PutUint64(b[0:], h)
-	binary.BigEndian.PutUint64(b[8:], uint64(e.Term))
-	binary.BigEndian.PutUint64(b[16:], uint64(e.Index))
-	f.Write(b[:])
-	f.Write(e.Data)
-	return f.Sum64()
-}
 
 // mirror is a replica's log as the driver can see it: its durable log at
 // start plus every entry its Readys handed out since, as (term, hash of the
@@ -77,7 +62,7 @@ func (m *mirror) append(ents []raftpb.Entry) {
 		prev = m.hashes[keep-1]
 	}
 	for i := range ents {
-		prev = chain(prev, &ents[i])
+		prev = shard.ChainHash(prev, &ents[i])
 		m.terms = append(m.terms, ents[i].Term)
 		m.hashes = append(m.hashes, prev)
 	}
@@ -269,7 +254,7 @@ func (s *Sim) onReady(r *replica, rd *group.Ready) {
 		if !t.relOK {
 			continue
 		}
-		t.relHash = chain(t.relHash, e)
+		t.relHash = shard.ChainHash(t.relHash, e)
 		if h, ok := o.committedHash(e.Index); !ok {
 			s.failf("apply: replica %d/%d releases %d, never seen committed", r.shard, r.node.id, e.Index)
 		} else if h != t.relHash {
