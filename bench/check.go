@@ -9,13 +9,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/shardd/shardd/internal/linz"
 
 	"github.com/shardd/shardd/engine"
 )
@@ -46,24 +47,8 @@ type checkOutput struct{ Value string }
 
 // kvModel is a register per key; the history is partitioned by key.
 var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, op := range history {
-			k := op.Input.(checkInput).Key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		sort.Strings(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
+	Partition: linz.PartitionByKey(func(in any) string { return in.(checkInput).Key }),
+	Init:      func() any { return "" },
 	Step: func(state, input, output any) (bool, any) {
 		in := input.(checkInput)
 		if in.Put {

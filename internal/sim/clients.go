@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/shardd/shardd/internal/linz"
 
 	"github.com/shardd/shardd/raftpb"
 	"github.com/shardd/shardd/shard"
@@ -60,24 +61,8 @@ type kvOutput struct {
 
 // kvModel is a register per key: puts set it, gets must return it.
 var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, o := range history {
-			k := o.Input.(kvInput).key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], o)
-		}
-		slices.Sort(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() interface{} { return "" },
+	Partition: linz.PartitionByKey(func(in any) string { return in.(kvInput).key }),
+	Init:      func() interface{} { return "" },
 	Step: func(state, input, output interface{}) (bool, interface{}) {
 		in, out := input.(kvInput), output.(kvOutput)
 		if in.put {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/shardd/shardd/internal/linz"
 	"google.golang.org/grpc/status"
 
 	"github.com/shardd/shardd/client"
@@ -69,24 +71,8 @@ type kvOutput struct {
 
 // kvModel is a register per key; the history is partitioned by key.
 var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(kvInput).key
-			byKey[k] = append(byKey[k], op)
-		}
-		keys := make([]string, 0, len(byKey))
-		for k := range byKey {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		out := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			out = append(out, byKey[k])
-		}
-		return out
-	},
-	Init: func() any { return "" },
+	Partition: linz.PartitionByKey(func(in any) string { return in.(kvInput).key }),
+	Init:      func() any { return "" },
 	Step: func(state, input, output any) (bool, any) {
 		st, in, out := state.(string), input.(kvInput), output.(kvOutput)
 		switch in.kind {
