@@ -163,7 +163,7 @@ func (c *cluster) open(id uint64, ln net.Listener) error {
 		Peers:           c.peers[id],
 		DataDir:         filepath.Join(c.o.dir, fmt.Sprint("node", id)),
 		TickInterval:    c.o.tick,
-		Logger:          c.o.logger.With("node", id),
+		Logger:          c.o.logger, // the engine attaches node=<id>
 		NewStateMachine: newKV,
 		Events:          c.elections,
 		OnStoreOpen: func(db *pebble.DB) error {

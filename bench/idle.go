@@ -22,8 +22,15 @@ func runIdle(ctx context.Context, o *options, stderr io.Writer) (*Result, error)
 	res.StartupS = round(startup.Seconds(), 3)
 	res.setLeaders(c.leaderCounts())
 
+	// The profile covers the wait for quiescence as well as the window:
+	// what keeps shards awake is the question it answers.
+	stopProfile, err := startProfile(o.cpuProfile)
+	if err != nil {
+		return nil, err
+	}
+	defer stopProfile()
 	quiesceStart := time.Now()
-	if err := c.waitQuiesced(ctx, 120*time.Second+time.Duration(o.shards)*10*time.Millisecond); err != nil {
+	if err := c.waitQuiesced(ctx, 120*time.Second+time.Duration(o.shards)*10*time.Millisecond, stderr, o.progress); err != nil {
 		return nil, err
 	}
 	res.QuiesceS = round(time.Since(quiesceStart).Seconds(), 3)
@@ -48,25 +55,33 @@ func runIdle(ctx context.Context, o *options, stderr io.Writer) (*Result, error)
 }
 
 // waitQuiesced waits until every open node reports all its replicas
-// quiesced.
-func (c *cluster) waitQuiesced(ctx context.Context, timeout time.Duration) error {
+// quiesced, printing how many are every progress period. It polls once a
+// second: a scrape walks every replica, and at 100000s of them polling
+// faster would be a load of its own.
+func (c *cluster) waitQuiesced(ctx context.Context, timeout time.Duration, stderr io.Writer, progress time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	start, lastPrint := time.Now(), time.Now()
 	for {
-		missing := ""
+		missing, quiesced, total := "", 0, 0
 		for id, n := range c.nodeList() {
-			q := scrape(n)[famQuiesced]
-			if want := c.shardsPerNode(id); int(q) != want && missing == "" {
-				missing = fmt.Sprintf("node %d: %d of %d replicas quiesced", id, int(q), want)
+			q, want := int(scrape(n)[famQuiesced]), c.shardsPerNode(id)
+			quiesced, total = quiesced+q, total+want
+			if q != want && missing == "" {
+				missing = fmt.Sprintf("node %d: %d of %d replicas quiesced", id, q, want)
 			}
 		}
 		if missing == "" {
 			return nil
 		}
+		if progress > 0 && time.Since(lastPrint) >= max(progress, 5*time.Second) {
+			lastPrint = time.Now()
+			fmt.Fprintf(stderr, "%7.1fs  %d of %d replicas quiesced\n", time.Since(start).Seconds(), quiesced, total)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for quiescence: %w (%s)", ctx.Err(), missing)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -121,6 +121,7 @@ type options struct {
 	logLevel                   string
 	cpuProfile                 string
 	memProfile                 string
+	pprofAddr                  string
 }
 
 func (o *options) mode() string {
@@ -172,7 +173,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the nodes' data directory")
 	fs.StringVar(&o.name, "name", "", "name of the run in JSON and comparisons (default from mode and size)")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the clients' random choices")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured window (load modes) to this file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the measured window (idle: also the wait for quiescence) to this file")
+	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on this address (host:port) while the run lasts")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile at the end of the measured window (load modes) to this file")
 	fs.StringVar(&o.logLevel, "log", "error", "engine log level on stderr: debug, info, warn, error, none")
 	if err := fs.Parse(args); err != nil {
@@ -328,6 +330,13 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if earlier, err = loadRuns(o.compare); err != nil {
 			return err
 		}
+	}
+	if o.pprofAddr != "" {
+		stopPprof, err := servePprof(o.pprofAddr, stderr)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
 	}
 	if o.suite {
 		return runSuite(ctx, o, earlier, stdout, stderr)

@@ -97,7 +97,8 @@ type Config struct {
 	NewTransport func(h transport.Handler) (transport.Transport, error)
 	// LivenessInterval is the transport's ping interval; a peer missing
 	// LivenessMisses of them is reported unreachable. The default values
-	// are 100ms and 5.
+	// are 100ms and enough pings to cover two election timeouts (at least
+	// 5; 10 with the default ticks).
 	LivenessInterval time.Duration
 	LivenessMisses   int
 }
@@ -179,7 +180,12 @@ func (c *Config) ensureDefaults() {
 		c.LivenessInterval = 100 * time.Millisecond
 	}
 	if c.LivenessMisses == 0 {
-		c.LivenessMisses = 5
+		// Silence of two election timeouts: liveness must not be more
+		// trigger-happy than Raft's own timers. A node stalled by load
+		// (startup of 100000 shards, a GC pause) would otherwise be
+		// declared unreachable, waking every quiesced shard it leads.
+		et := time.Duration(c.ElectionTicks) * c.TickInterval
+		c.LivenessMisses = max(5, int((2*et+c.LivenessInterval-1)/c.LivenessInterval))
 	}
 }
 

@@ -48,6 +48,7 @@ type Node struct {
 	closed   bool
 
 	stepSched  *scheduler
+	awake      *awakeSet // the replicas the ticker ticks
 	applySched *scheduler
 	events     *eventQueue
 
@@ -68,6 +69,7 @@ type replica struct {
 	cfg ShardConfig
 
 	step, apply  schedSlot
+	awake        awakeSlot // guarded by Node.awake's mutex
 	quiesced     atomic.Bool
 	reportedStop atomic.Bool
 	// applyBarrier counts this replica's Readys whose apply waits for their
@@ -97,6 +99,7 @@ func Open(cfg Config) (*Node, error) {
 	_, _ = rand.Read(hi[:])
 	n.keyHi = binary.BigEndian.Uint64(hi[:])
 	n.stepSched = newScheduler(func(r *replica) *schedSlot { return &r.step })
+	n.awake = newAwakeSet(cfg.tickChunk())
 	n.applySched = newScheduler(func(r *replica) *schedSlot { return &r.apply })
 	n.events = newEventQueue(cfg.Events)
 	snaps, err := snapstore.New(cfg.FS, cfg.FS.PathJoin(cfg.DataDir, "snapshots"))
@@ -273,7 +276,7 @@ func (n *Node) launch(id raftpb.ShardID, sc ShardConfig, snapRef []byte, snapInd
 			Log:            log,
 			ElectionTicks:  n.cfg.ElectionTicks,
 			HeartbeatTicks: n.cfg.HeartbeatTicks,
-			Logger:         n.lg.With("shard", uint64(id)),
+			// Logger: the replica's own (node and shard attached once).
 		},
 		SM:                  sm,
 		Snapshots:           n.snaps,
@@ -297,6 +300,7 @@ func (n *Node) launch(id raftpb.ShardID, sc ShardConfig, snapRef []byte, snapInd
 	n.replicas[id] = r
 	n.list = append(n.list, r)
 	n.mu.Unlock()
+	n.awake.join(r)
 	// The membership a replica starts with is news to the listener too.
 	n.events.MembershipChanged(id, rep.Status().Members)
 	n.stepSched.enqueue(r)
@@ -312,6 +316,9 @@ func (n *Node) StopShard(shardID uint64) error {
 		n.rebuildListLocked()
 	}
 	n.mu.Unlock()
+	if ok {
+		n.awake.leave(r)
+	}
 	if !ok {
 		return fmt.Errorf("%w: %d", ErrShardNotFound, shardID)
 	}

@@ -65,6 +65,7 @@ func (n *Node) stepWorker() {
 			rds, res = n.stepReplica(r, rds[:0])
 			if res.quiesced != r.quiesced.Load() {
 				r.quiesced.Store(res.quiesced)
+				n.awake.set(r, !res.quiesced)
 				if res.quiesced {
 					n.m.quiesces.Inc()
 				}
@@ -227,7 +228,7 @@ func (n *Node) applyWorker() {
 	}
 }
 
-// ticker enqueues a tick for every replica that is not quiesced. It never
+// ticker enqueues ticks for the replicas that are not quiesced. It never
 // steps a replica itself.
 func (n *Node) ticker() {
 	defer n.workers.Done()
@@ -235,39 +236,27 @@ func (n *Node) ticker() {
 	defer t.Stop()
 	var active []*replica
 	chunk := n.cfg.tickChunk()
-	quiesced := make([]int, chunk) // by phase, for the gauge
 	for tick := 0; ; tick++ {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
 		}
-		n.mu.RLock()
-		list := n.list
-		n.mu.RUnlock()
-		active = active[:0]
-		// Each active replica gets its ticks in chunks, one chunk every
+		// Each awake replica gets its ticks in chunks, one chunk every
 		// chunk intervals, the replicas spread evenly over the intervals:
 		// stepping a replica costs far more than a tick, and nothing in
 		// the core needs finer time than a heartbeat period. A tick visits
-		// only its phase's replicas, so 10000s of idle ones cost little.
-		phase := tick % chunk
-		q := 0
-		for i := phase; i < len(list); i += chunk {
-			r := list[i]
-			if r.quiesced.Load() {
-				q++
-				continue
-			}
+		// only its phase's awake replicas; quiesced ones cost nothing.
+		var awake int
+		active, awake = n.awake.phase(tick%chunk, active[:0])
+		for _, r := range active {
 			r.TickN(chunk)
-			active = append(active, r)
 		}
-		quiesced[phase] = q
-		total := 0
-		for _, c := range quiesced {
-			total += c
-		}
-		n.m.quiescedShards.Store(int64(total))
+		n.mu.RLock()
+		hosted := len(n.list)
+		n.mu.RUnlock()
+		n.m.quiescedShards.Store(int64(max(0, hosted-awake)))
 		n.stepSched.enqueueMany(active)
+		clear(active)
 	}
 }

@@ -289,7 +289,7 @@ func (r *Replica) fail(err error) {
 // goroutines, only when it changed: it runs after every step, most of
 // which (ticks) change nothing.
 func (r *Replica) publishStatus() {
-	st := r.g.BasicStatus()
+	st := r.g.Brief()
 	r.commit.Store(uint64(st.HardState.Commit))
 	r.last.Store(uint64(st.LastIndex))
 	if old := r.status.Load(); old != nil && old.Role == st.Role && old.Term == st.HardState.Term &&

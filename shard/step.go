@@ -145,7 +145,7 @@ func (r *Replica) hasPending() bool {
 // leader known yet, a transfer in progress) wait for the next step.
 func (r *Replica) propose(props []*Proposal) {
 	g := r.g
-	st := g.BasicStatus()
+	st := g.Brief()
 	term := st.HardState.Term
 	// Not the leader: the core forwards them, and a lost forward is never
 	// answered; they expire (expireForwarded).
@@ -357,7 +357,7 @@ func (r *Replica) handleReadStates(states []group.ReadState) {
 // leaderMaybeChanged reports a change of leader. Read rounds in flight
 // with the old leader are retried: their answers may never come.
 func (r *Replica) leaderMaybeChanged(ev Events) {
-	st := r.g.BasicStatus()
+	st := r.g.Brief()
 	if st.Lead == r.lastLead && st.HardState.Term == r.lastTerm {
 		return
 	}
@@ -397,6 +397,6 @@ func (r *Replica) Quiesced() bool { return r.g.Quiesced() }
 // Leader returns the leader the core knows and its term.
 // REQUIRES: called by the goroutine stepping the replica.
 func (r *Replica) Leader() (raftpb.NodeID, raftpb.Term) {
-	st := r.g.BasicStatus()
+	st := r.g.Brief()
 	return st.Lead, st.HardState.Term
 }

@@ -194,3 +194,33 @@ func TestIdlePingsKeepPeersReachable(t *testing.T) {
 		t.Fatalf("peer stats %+v", ps)
 	}
 }
+
+// The monitor's verdict: silence beyond the bound makes a peer unreachable
+// unless the check itself ran late (this process stalled, so the silence
+// may be ours); a late check still declares a peer that was heard from
+// reachable.
+func TestLivenessVerdict(t *testing.T) {
+	lv := liveness{period: 50 * time.Millisecond, ping: 100 * time.Millisecond, bound: time.Second}
+	for _, tc := range []struct {
+		silent    time.Duration
+		was, late bool
+		want      bool
+	}{
+		{silent: 900 * time.Millisecond, want: false},
+		{silent: 1100 * time.Millisecond, want: true},
+		{silent: 1100 * time.Millisecond, late: true, want: false},
+		{silent: 1100 * time.Millisecond, was: true, late: true, want: true},
+		{silent: 10 * time.Millisecond, was: true, late: true, want: false},
+		{silent: 10 * time.Millisecond, was: true, want: false},
+	} {
+		if got := lv.unreachable(tc.silent, tc.was, tc.late); got != tc.want {
+			t.Errorf("unreachable(silent %v, was %v, late %v) = %v, want %v", tc.silent, tc.was, tc.late, got, tc.want)
+		}
+	}
+	if lv.late(int64(140 * time.Millisecond)) {
+		t.Error("a check 140ms after the last (due at 50ms, ping 100ms) is not late")
+	}
+	if !lv.late(int64(160 * time.Millisecond)) {
+		t.Error("a check 160ms after the last is late")
+	}
+}

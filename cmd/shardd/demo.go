@@ -106,7 +106,7 @@ func startDemoCluster(dir string, shards uint64, stderr io.Writer) ([]*server, [
 		f := &serveFlags{nodeID: id, clusterID: 1, listen: peers[id], clientListen: clientPeers[id],
 			peers: peers, clientPeers: clientPeers, dataDir: fmt.Sprintf("%s/node%d", dir, id),
 			shards: shards, replicas: 3, tick: 10 * time.Millisecond, logFormat: "text", logLevel: "warn"}
-		s, err := newServer(f, newLogger("text", "warn", stderr).With("node", id),
+		s, err := newServer(f, newLogger("text", "warn", stderr),
 			listeners{raft: bs[id].raft, client: bs[id].client})
 		if err != nil {
 			return nil, nil, err

@@ -78,8 +78,9 @@ func runServe(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lg := newLogger(f.logFormat, f.logLevel, stderr).With("node", f.nodeID)
-	s, err := newServer(f, lg, listeners{})
+	base := newLogger(f.logFormat, f.logLevel, stderr)
+	lg := base.With("node", f.nodeID)
+	s, err := newServer(f, base, listeners{})
 	if err != nil {
 		return err
 	}

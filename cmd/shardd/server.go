@@ -46,7 +46,8 @@ type listeners struct {
 }
 
 func newServer(f *serveFlags, lg *slog.Logger, ls listeners) (*server, error) {
-	s := &server{f: f, lg: lg, kv: kv.NewStore(), fwd: map[uint64]*grpc.ClientConn{}, start: time.Now()}
+	// The engine attaches node=<id> to its own lines; ours get it here.
+	s := &server{f: f, lg: lg.With("node", f.nodeID), kv: kv.NewStore(), fwd: map[uint64]*grpc.ClientConn{}, start: time.Now()}
 	var nodes []uint64
 	for id := range f.peers {
 		nodes = append(nodes, id)
@@ -165,7 +166,7 @@ func (s *server) serve(ls listeners) error {
 			}
 		}()
 	}
-	s.lg.Info("serving", "node", s.f.nodeID, "raft", s.f.listen, "client", cl.Addr().String())
+	s.lg.Info("serving", "raft", s.f.listen, "client", cl.Addr().String())
 	return nil
 }
 
