@@ -36,8 +36,9 @@ func (s *Store) commit(reqs []*Request) error {
 	b := s.batch
 	clear(s.byID)
 	s.views = s.views[:0]
-	entries := 0
+	entries, sync := 0, false
 	for _, r := range reqs {
+		sync = sync || !r.Lazy
 		if err := s.validate(r); err != nil {
 			r.err = err
 			continue
@@ -59,10 +60,12 @@ func (s *Store) commit(reqs []*Request) error {
 		return nil
 	}
 	s.publishDeletions()
-	if err := commitSync(b); err != nil {
+	if err := commitBatch(b, sync); err != nil {
 		return err
 	}
-	s.stats.flushes.Add(1)
+	if sync {
+		s.stats.flushes.Add(1)
+	}
 	s.stats.requests.Add(uint64(len(reqs)))
 	s.stats.entries.Add(uint64(entries))
 	s.stats.bytes.Add(uint64(b.Len()))
@@ -73,10 +76,10 @@ func (s *Store) commit(reqs []*Request) error {
 	return nil
 }
 
-// commitSync commits b with an fsync. Pebble reports a failed WAL write or
+// commitBatch commits b, with an fsync when sync is set. Pebble reports a failed WAL write or
 // sync through Logger.Fatalf, which panics with a fatalError: it is turned
 // back into the flush's error here.
-func commitSync(b *pebble.Batch) (err error) {
+func commitBatch(b *pebble.Batch, sync bool) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			fe, ok := r.(fatalError)
@@ -86,6 +89,9 @@ func commitSync(b *pebble.Batch) (err error) {
 			err = fe
 		}
 	}()
+	if !sync {
+		return b.Commit(pebble.NoSync)
+	}
 	return b.Commit(pebble.Sync)
 }
 

@@ -23,7 +23,7 @@ package batchio
 //
 // Invariants:
 //   - Done(nil) is called only after the fsync covering that request
-//     returned; requests complete in acceptance order, and a request's
+//     returned (a Lazy request: after its write); requests complete in acceptance order, and a request's
 //     writes are never split across flushes.
 //   - After a failed commit (the fsync's outcome is unknown) every request
 //     of that flush, and every request after it, gets an error wrapping
@@ -63,6 +63,13 @@ type Request struct {
 	// durable (err nil) or has failed. It must not block for long: it delays
 	// the next flush. It may be nil.
 	Done func(err error)
+	// Lazy: the request need not be durable when Done(nil) is called, only
+	// written. A flush of lazy requests alone commits without an fsync; a
+	// crash may then lose them, but never a later request without them
+	// (Pebble's log keeps commit order, so the next synced flush makes
+	// every earlier write durable). For what Raft never needs durable, such
+	// as a commit index alone.
+	Lazy bool
 
 	// err is set while committing when the request is refused alone.
 	err error

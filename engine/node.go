@@ -70,6 +70,7 @@ type replica struct {
 
 	step, apply  schedSlot
 	awake        awakeSlot // guarded by Node.awake's mutex
+	onDisk       bool      // its state machine keeps durable state (S41)
 	quiesced     atomic.Bool
 	reportedStop atomic.Bool
 	// applyBarrier counts this replica's Readys whose apply waits for their
@@ -290,7 +291,7 @@ func (n *Node) launch(id raftpb.ShardID, sc ShardConfig, snapRef []byte, snapInd
 		_ = sm.Close()
 		return err
 	}
-	r := &replica{Replica: rep, id: id, cfg: sc}
+	r := &replica{Replica: rep, id: id, cfg: sc, onDisk: rep.OnDisk()}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()

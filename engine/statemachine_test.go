@@ -12,8 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/shardd/shardd/raftpb"
 )
 
 // diskKV is an OnDiskStateMachine for tests: its data and last applied
@@ -253,4 +256,66 @@ func TestWritePrometheus(t *testing.T) {
 		}
 	}
 	_ = io.Discard
+}
+
+// commitCheckedKV is a diskKV that checks, on every Update, that its node
+// holds the commit index releasing the entries durably: an on-disk state
+// machine that got ahead of the durable commit would refuse to open after
+// a crash (S41).
+type commitCheckedKV struct {
+	*diskKV
+	durableCommit func() uint64
+	violations    *atomic.Int64
+}
+
+func (d *commitCheckedKV) Update(ents []Entry) error {
+	if last := ents[len(ents)-1].Index; d.durableCommit() < last {
+		d.violations.Add(1)
+	}
+	return d.diskKV.Update(ents)
+}
+
+// S41 in the engine: committed entries reach an on-disk state machine only
+// after the commit index that released them is durable — never early, and
+// never after a commit index written without an fsync.
+func TestOnDiskAppliesOnlyDurableCommits(t *testing.T) {
+	smDir := t.TempDir()
+	var violations atomic.Int64
+	var c *testCluster
+	newSM := newDiskKV(smDir)
+	c = newTestCluster(t, 3, func(cfg *Config) {
+		cfg.NewStateMachine = func(shardID, nodeID uint64) StateMachine {
+			return &commitCheckedKV{diskKV: newSM(shardID, nodeID).(*diskKV), violations: &violations,
+				durableCommit: func() uint64 {
+					log, err := c.node(nodeID).store.Shard(raftpb.ShardID(shardID))
+					if err != nil {
+						return 0
+					}
+					st, err := log.InitialState()
+					if err != nil {
+						return 0
+					}
+					return uint64(st.HardState.Commit)
+				}}
+		}
+	})
+	c.startShards(1, 2, []uint64{1, 2, 3})
+	c.waitLeaders(1, 2, 20*time.Second, 1, 2, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				s := uint64(1 + (w+i)%2)
+				proposeRetry(t, ctx, c.node(uint64(1+i%3)), s, fmt.Sprintf("w%d-%d=%d", w, i, i))
+			}
+		}()
+	}
+	wg.Wait()
+	if v := violations.Load(); v > 0 {
+		t.Fatalf("%d updates applied entries beyond the durable commit", v)
+	}
 }

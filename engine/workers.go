@@ -73,6 +73,23 @@ func (n *Node) stepWorker() {
 			for i := range rds {
 				rd := &rds[i]
 				msgs = n.routeMessages(r, rd.Messages, msgs)
+				if !rd.NeedsAdvance() && r.applyBarrier.Load() == 0 && !r.onDisk {
+					// It moves at most the commit index, which Raft never
+					// needs durable: written with this pass but waited
+					// for by nothing, its entries applied at once. Saves
+					// a flush round trip and a step per commit.
+					if rd.MustPersist() {
+						req.Updates = append(req.Updates, n.toUpdate(r.id, rd))
+					}
+					if len(rd.CommittedEntries) > 0 {
+						r.ApplyEarly(rd.CommittedEntries)
+						early = append(early, r)
+					}
+					// Hands the message slices back to the core.
+					rd.CommittedEntries = nil
+					r.Persisted(*rd)
+					continue
+				}
 				req.Updates = append(req.Updates, n.toUpdate(r.id, rd))
 				it := persisted{r: r, rd: *rd}
 				switch {
@@ -81,9 +98,12 @@ func (n *Node) stepWorker() {
 					// later Ready's until then (apply order).
 					it.barrier = true
 					r.applyBarrier.Add(1)
-				case len(rd.CommittedEntries) > 0:
+				case len(rd.CommittedEntries) > 0 && !r.onDisk:
 					// Durable and committed: apply now, not after the
-					// flush that records the commit index.
+					// flush that records the commit index. Not for a
+					// state machine of its own durable state: it could
+					// record an applied index beyond the durable commit,
+					// and refuse to open after a crash (S41).
 					r.ApplyEarly(rd.CommittedEntries)
 					it.rd.CommittedEntries = nil
 					early = append(early, r)
@@ -99,8 +119,11 @@ func (n *Node) stepWorker() {
 			n.tr.Send(msgs)
 			n.m.messagesSent.Add(len(msgs))
 		}
-		if len(ps.items) > 0 {
+		if len(req.Updates) > 0 {
 			n.m.stepBatch.Update(float64(len(batch)))
+			// Nothing waits for a pass of commit indexes alone: it needs
+			// no fsync of its own.
+			req.Lazy = len(ps.items) == 0
 			req.Done = func(err error) {
 				n.flushed(ps.items, err)
 				ps.release()

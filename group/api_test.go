@@ -282,3 +282,57 @@ func TestForwardedConfChangeRefusedKeepsKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A Ready that only moves the commit index needs no Advance: skipping it
+// leaves the order of the others intact, and advancing it anyway is
+// harmless. One that records a vote or appends does need it.
+func TestCommitOnlyReadyNeedsNoAdvance(t *testing.T) {
+	log := group.NewMemoryLog(raftpb.ConfState{Voters: []raftpb.NodeID{1}})
+	g, err := group.New(group.Config{ID: 1, Shard: 1, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	persist := func(rd *group.Ready) {
+		t.Helper()
+		if err := log.Persist(rd); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Advance(*rd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.Campaign(); err != nil {
+		t.Fatal(err)
+	}
+	vote := g.Ready()
+	if !vote.NeedsAdvance() {
+		t.Fatal("a Ready recording a vote must be advanced")
+	}
+	persist(&vote)
+	empty := g.Ready()
+	if len(empty.Entries) == 0 || !empty.NeedsAdvance() {
+		t.Fatalf("the leader's empty entry: %+v, needs advance %v", empty, empty.NeedsAdvance())
+	}
+	persist(&empty)
+	commit := g.Ready()
+	if commit.HardState.Commit != 2 || len(commit.CommittedEntries) != 1 || commit.NeedsAdvance() {
+		t.Fatalf("commit-only Ready: commit %d, %d committed, needs advance %v",
+			commit.HardState.Commit, len(commit.CommittedEntries), commit.NeedsAdvance())
+	}
+	// Skipped: the next Ready is still the next in order.
+	if err := g.Propose([]raftpb.Entry{{Data: []byte("a")}}); err != nil {
+		t.Fatal(err)
+	}
+	app := g.Ready()
+	persist(&app)
+	next := g.Ready()
+	if next.HardState.Commit != 3 || next.NeedsAdvance() {
+		t.Fatalf("second commit: %d, needs advance %v", next.HardState.Commit, next.NeedsAdvance())
+	}
+	// Late and out of order, advancing it is harmless.
+	for _, rd := range []group.Ready{next, commit} {
+		if err := g.Advance(rd); err != nil {
+			t.Fatalf("advancing a commit-only Ready: %v", err)
+		}
+	}
+}

@@ -45,7 +45,9 @@ type ReadState struct {
 //     earlier still waits — they may be applied without waiting for this
 //     persist.
 //
-// Several Readys may be outstanding; they must be advanced in order. The
+// Several Readys may be outstanding; they must be advanced in order. A
+// Ready that only moves the commit index needs no waiting and no Advance
+// (NeedsAdvance). The
 // Messages and AfterPersist slices return to the core with Advance: the
 // caller copies the messages out (sending does) and keeps no reference to
 // the slices after Advance.
@@ -137,8 +139,10 @@ func (g *Group) Ready() Ready {
 
 	rd.Entries = g.log.unstable.nextEntries()
 	g.log.unstable.acceptInProgress()
+	commitOnly := true
 	if hs := g.hardState(); hs != g.prevHard {
 		rd.HardState = hs
+		commitOnly = hs.Term == g.prevHard.Term && hs.Vote == g.prevHard.Vote
 		g.prevHard = hs
 	}
 	if ss := g.softState(); ss != g.prevSoft {
@@ -156,12 +160,26 @@ func (g *Group) Ready() Ready {
 	rd.Messages, g.msgs = g.msgs, nil
 	rd.AfterPersist, g.msgsPersist = g.msgsPersist, nil
 	rd.ReadStates, g.readStates = g.readStates, nil
-	if !rd.isEmpty() {
+	// Only a Ready whose persist the core must hear about is numbered for
+	// Advance: one that appends, installs, records a vote or membership,
+	// compacts, or holds acknowledgements. The rest move at most the commit
+	// index, which Raft never needs durable (a restarted replica learns it
+	// again from the leader), so the caller need not wait for them.
+	if len(rd.Entries) > 0 || rd.Snapshot != nil || !commitOnly || rd.ConfState != nil ||
+		rd.CompactTo > 0 || len(rd.AfterPersist) > 0 {
 		g.readySeq++
 		rd.seq = g.readySeq
 	}
 	return rd
 }
+
+// NeedsAdvance reports whether the caller must wait for rd's persist and
+// then hand rd to Advance. When it is false, rd changes at most the commit
+// index: the caller may write its HardState without waiting for the write
+// to be durable, send its Messages and apply its CommittedEntries at once
+// (after everything released earlier), and skip Advance — calling it is
+// harmless.
+func (rd *Ready) NeedsAdvance() bool { return rd.seq != 0 }
 
 // releaseCommitted does what applying means to the core itself: membership
 // changes take effect, and the leader's uncommitted-size budget is returned.
@@ -186,13 +204,6 @@ func (g *Group) Advance(rd Ready) error {
 	if g.log.err != nil {
 		return g.log.err
 	}
-	if rd.seq == 0 {
-		return nil
-	}
-	if rd.seq != g.advanceSeq+1 {
-		return fmt.Errorf("%w: got Ready %d, expected %d", ErrAdvanceOutOfOrder, rd.seq, g.advanceSeq+1)
-	}
-	g.advanceSeq = rd.seq
 	// Recycle the message slices (see Ready): no allocation per pass.
 	if g.msgs == nil && cap(rd.Messages) > 0 {
 		g.msgs = rd.Messages[:0]
@@ -200,6 +211,13 @@ func (g *Group) Advance(rd Ready) error {
 	if g.msgsPersist == nil && cap(rd.AfterPersist) > 0 {
 		g.msgsPersist = rd.AfterPersist[:0]
 	}
+	if rd.seq == 0 {
+		return nil
+	}
+	if rd.seq != g.advanceSeq+1 {
+		return fmt.Errorf("%w: got Ready %d, expected %d", ErrAdvanceOutOfOrder, rd.seq, g.advanceSeq+1)
+	}
+	g.advanceSeq = rd.seq
 	if rd.Snapshot != nil {
 		g.log.unstable.stableSnapTo(rd.Snapshot.Index)
 	}

@@ -252,6 +252,12 @@ func (r *Replica) CloseStateMachine() error {
 // Shard is the replica's shard id.
 func (r *Replica) Shard() raftpb.ShardID { return r.shard }
 
+// OnDisk reports whether the state machine keeps its own durable state
+// (an OnDiskStateMachine): its applied index must never get ahead of the
+// durable commit index (S41), so its entries are applied only once the
+// commit that releases them is durable.
+func (r *Replica) OnDisk() bool { return r.onDisk != nil }
+
 // Applied is the index the state machine has applied.
 func (r *Replica) Applied() raftpb.Index { return raftpb.Index(r.applied.Load()) }
 
