@@ -57,6 +57,13 @@
 // ones are in ../shared/API.md). --compare FILE prints, for each figure,
 // the earlier value, this run's, and their ratio; --new FILE compares an
 // existing result instead of running.
+//
+// # Profiles
+//
+// --cpuprofile FILE profiles the measured window (with --idle, the wait for
+// quiescence too); --memprofile FILE writes a heap profile at its end;
+// --pprof host:port serves net/http/pprof for the whole run, to look at a
+// run that misbehaves while it does.
 package main
 
 import (

@@ -64,7 +64,10 @@ type Result struct {
 	MessagesPerSec    float64 `json:"messages_per_sec"`     // Raft messages sent between nodes
 	FramesPerSec      float64 `json:"frames_per_sec"`       // transport frames sent between nodes
 	NetBytesPerSec    float64 `json:"net_bytes_per_sec"`
-	LeaderChanges     int64   `json:"leader_changes"`
+	// Dropped counts messages the transport dropped in the window (full
+	// send queue, unreachable peer): Raft retransmits them, late.
+	Dropped       int64 `json:"dropped_messages"`
+	LeaderChanges int64 `json:"leader_changes"`
 
 	CPUPercent float64 `json:"cpu_percent"` // of one core
 	// HostCPUPercent is the whole machine's, every process's (of one
@@ -176,6 +179,7 @@ func printTable(w io.Writer, r *Result) {
 		row("quiesced after", "%.2f s", r.QuiesceS)
 	}
 	row("messages/s, frames/s", "%s, %s (%s B/s)", human(r.MessagesPerSec), human(r.FramesPerSec), human(r.NetBytesPerSec))
+	row("dropped messages", "%d", r.Dropped)
 	row("leader changes", "%d", r.LeaderChanges)
 	row("CPU", "%.1f%% of one core (%d cores, GOMAXPROCS %d); machine %.1f%%, other processes %.1f%%",
 		r.CPUPercent, r.NumCPU, r.GOMAXPROCS, r.HostCPUPercent, max(r.HostCPUPercent-r.CPUPercent, 0))
@@ -283,7 +287,7 @@ var comparedFigures = []struct {
 	{"errors", false}, {"unknown", false},
 	{"fsyncs_per_sec", false}, {"entries_per_fsync", true},
 	{"bytes_per_entry", false}, {"disk_bytes_per_entry", false},
-	{"messages_per_sec", false}, {"frames_per_sec", false}, {"net_bytes_per_sec", false},
+	{"messages_per_sec", false}, {"frames_per_sec", false}, {"net_bytes_per_sec", false}, {"dropped_messages", false},
 	{"leader_changes", false},
 	{"cpu_percent", false}, {"host_cpu_percent", false}, {"rss_bytes", false}, {"rss_peak_bytes", false}, {"heap_bytes", false},
 	{"gc_count", false}, {"gc_pause_total_ms", false}, {"gc_pause_max_ms", false},

@@ -17,6 +17,7 @@ const (
 	famEntries   = "shardd_persisted_entries_total"
 	famMessages  = "shardd_raft_messages_sent_total"
 	famFrames    = "shardd_transport_frames_sent_total"
+	famDropped   = "shardd_transport_dropped_total"
 	famPeerBytes = "shardd_peer_bytes_sent_total"
 	famLeaderChg = "shardd_leader_changes_total"
 	famQuiesced  = "shardd_quiesced_shards"
@@ -183,6 +184,7 @@ func (r *Result) fillWindow(a, b sample) {
 	}
 	r.MessagesPerSec = round(delta(famMessages)/secs, 1)
 	r.FramesPerSec = round(delta(famFrames)/secs, 1)
+	r.Dropped = int64(delta(famDropped))
 	r.NetBytesPerSec = round(delta(famPeerBytes)/secs, 0)
 	r.LeaderChanges = int64(max(delta(famLeaderChg), delta(famElections)))
 
