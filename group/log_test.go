@@ -348,3 +348,41 @@ func TestNewReportsStorageErrors(t *testing.T) {
 		t.Errorf("invalid membership: %v", err)
 	}
 }
+
+// The term of the last durable entry (offset-1) is remembered when it
+// becomes durable or a snapshot is installed, and forgotten when a
+// replacement reaches below it: the entry before the replacement is
+// durable but its term was never seen here.
+func TestUnstablePrevTerm(t *testing.T) {
+	u := unstable{offset: 5, offsetInProgress: 5}
+	if _, ok := u.maybeTerm(4); ok {
+		t.Fatal("term of a durable entry known before any was seen")
+	}
+	u.truncateAndAppend(ents(5, 2, 2, 3))
+	u.stableTo(6, 2)
+	if tm, ok := u.maybeTerm(6); !ok || tm != 2 {
+		t.Fatalf("term(6) after stableTo(6, 2) = %d %v", tm, ok)
+	}
+	if tm, ok := u.maybeTerm(7); !ok || tm != 3 {
+		t.Fatalf("term(7), unstable = %d %v", tm, ok)
+	}
+	if _, ok := u.maybeTerm(5); ok {
+		t.Fatal("only offset-1 is remembered")
+	}
+	u.truncateAndAppend(ents(7, 4)) // from == offset: offset-1 unchanged
+	if tm, ok := u.maybeTerm(6); !ok || tm != 2 {
+		t.Fatalf("term(6) after an append at the offset = %d %v", tm, ok)
+	}
+	u.truncateAndAppend(ents(6, 5)) // replaces durable entry 6
+	if tm, ok := u.maybeTerm(6); !ok || tm != 5 {
+		t.Fatalf("term(6) replaced = %d %v", tm, ok)
+	}
+	if _, ok := u.maybeTerm(5); ok {
+		t.Fatal("term(5) is durable and unknown here: it must come from storage")
+	}
+	u.restore(raftpb.SnapshotMeta{Index: 20, Term: 7})
+	u.stableSnapTo(20)
+	if tm, ok := u.maybeTerm(20); !ok || tm != 7 {
+		t.Fatalf("term(20) after installing a snapshot at (20, 7) = %d %v", tm, ok)
+	}
+}

@@ -296,8 +296,14 @@ func (r *Replica) fail(err error) {
 // which (ticks) change nothing.
 func (r *Replica) publishStatus() {
 	st := r.g.Brief()
-	r.commit.Store(uint64(st.HardState.Commit))
-	r.last.Store(uint64(st.LastIndex))
+	// Stores only on change: an unchanged cache line stays shared with
+	// the goroutines that read the status.
+	if c := uint64(st.HardState.Commit); r.commit.Load() != c {
+		r.commit.Store(c)
+	}
+	if l := uint64(st.LastIndex); r.last.Load() != l {
+		r.last.Store(l)
+	}
 	if old := r.status.Load(); old != nil && old.Role == st.Role && old.Term == st.HardState.Term &&
 		old.Leader == st.Lead && old.Quiesced == st.Quiesced && old.confIndex == st.ConfIndex {
 		return
