@@ -59,9 +59,10 @@ type Config struct {
 	ApplyWorkers int
 	// QuiesceTicks is the number of idle ticks after which a shard
 	// quiesces; negative disables quiescence. The default value is
-	// 4*HeartbeatTicks (200 ms at the defaults): a shard written about once
-	// a second then costs a few messages per write instead of heartbeats
-	// all along.
+	// HeartbeatTicks (50 ms at the defaults): quiescing costs one message
+	// per follower and waking none (the next append wakes them), where
+	// every heartbeat period awake costs two, so a shard written a few
+	// times a second is cheapest asleep between writes.
 	QuiesceTicks int
 	// TLS, when set, enables mutual TLS for both directions of the Raft
 	// transport. The default value is nil (plaintext).
@@ -162,7 +163,7 @@ func (c *Config) ensureDefaults() {
 		c.ApplyWorkers = runtime.GOMAXPROCS(0)
 	}
 	if c.QuiesceTicks == 0 {
-		c.QuiesceTicks = 4 * c.HeartbeatTicks
+		c.QuiesceTicks = c.HeartbeatTicks
 	}
 	if c.FS == nil {
 		c.FS = vfs.Default

@@ -336,3 +336,39 @@ func TestCommitOnlyReadyNeedsNoAdvance(t *testing.T) {
 		}
 	}
 }
+
+// A forwarded proposal delivered twice (a duplicating network) is appended
+// once: the leader finds its key among its newest entries.
+func TestDuplicateForwardAppendedOnce(t *testing.T) {
+	c, lead := elect(t, grouptest.Options{Voters: []raftpb.NodeID{1, 2, 3}})
+	f := follower(c, lead)
+	g := c.R(lead).G
+	term := g.BasicStatus().HardState.Term
+	prop := raftpb.Message{Type: raftpb.MsgProp, Shard: 1, From: f, To: lead,
+		Entries: []raftpb.Entry{{Key: 4242, Data: grouptest.EncodePut("dup", "1")}}}
+	for i := 0; i < 2; i++ {
+		m := prop
+		m.Entries = append([]raftpb.Entry(nil), prop.Entries...)
+		if err := g.Step(m); err != nil {
+			t.Fatal(err)
+		}
+		c.Stabilize()
+	}
+	last, _ := c.R(lead).Log.LastIndex()
+	ents, err := c.R(lead).Log.Entries(1, last+1, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.Key == 4242 {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("the forwarded proposal is in the log %d times, want once (term %d)", n, term)
+	}
+	if err := c.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

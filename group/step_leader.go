@@ -1,6 +1,8 @@
 package group
 
 import (
+	"math"
+
 	"github.com/shardd/shardd/group/tracker"
 	"github.com/shardd/shardd/raftpb"
 )
@@ -73,6 +75,10 @@ func (g *Group) appendProposals(ents []raftpb.Entry) error {
 // that may not be made now is replaced by an empty entry with the same key,
 // so the proposer sees its proposal resolved (and refused) when applied.
 func (g *Group) appendForwarded(ents []raftpb.Entry) {
+	ents = g.dropDuplicateForwards(ents)
+	if len(ents) == 0 {
+		return
+	}
 	for i := range ents {
 		e := &ents[i]
 		if e.Type != raftpb.EntryConfChange {
@@ -94,6 +100,55 @@ func (g *Group) appendForwarded(ents []raftpb.Entry) {
 	if err := g.appendProposals(ents); err != nil {
 		g.lg.Debug("forwarded proposal dropped", "shard", g.shard, "err", err)
 	}
+}
+
+// forwardDedupWindow is how many of its newest entries a leader searches
+// for the keys of a forwarded proposal. A network that duplicates messages
+// can deliver one MsgProp twice, and appending both copies would apply one
+// command twice — a put seen, overwritten, then seen again (simulator, seed
+// 257 of TestSimEagerQuiesce). A copy arrives within milliseconds of the
+// original, well inside the window; our gRPC transport never duplicates,
+// so this is defence in depth, not the common path.
+const forwardDedupWindow = 1024
+
+// dropDuplicateForwards removes the forwarded entries whose key is already
+// among the newest forwardDedupWindow entries of the log (best effort: a
+// compacted window is searched as far as it goes).
+func (g *Group) dropDuplicateForwards(ents []raftpb.Entry) []raftpb.Entry {
+	last := g.log.lastIndex()
+	lo := max(g.log.firstIndex(), last-min(last, forwardDedupWindow)+1)
+	if lo > last {
+		return ents
+	}
+	recent, err := g.log.slice(lo, last+1, math.MaxUint64)
+	if err != nil {
+		return ents
+	}
+	seen := func(key uint64) bool {
+		for i := range recent {
+			if recent[i].Key == key {
+				return true
+			}
+		}
+		return false
+	}
+	var out []raftpb.Entry // allocated only when a copy is dropped
+	for i := range ents {
+		if k := ents[i].Key; k != 0 && seen(k) {
+			g.lg.Debug("duplicate forwarded proposal dropped", "shard", g.shard, "key", k)
+			if out == nil {
+				out = append(make([]raftpb.Entry, 0, len(ents)), ents[:i]...)
+			}
+			continue
+		}
+		if out != nil {
+			out = append(out, ents[i])
+		}
+	}
+	if out == nil {
+		return ents
+	}
+	return out
 }
 
 func (g *Group) checkNoOtherConfChange(before []raftpb.Entry) error {

@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -247,8 +248,50 @@ func (s *Sim) checkHistory() error {
 	}
 	path := filepath.Join(dir, fmt.Sprintf("sim-seed-%d-history.html", s.opts.Seed))
 	msg := fmt.Sprintf("linearizability: history of %d operations is %s", len(s.history), strings.ToLower(string(res)))
+	if key, ops := s.illegalKey(); key != "" {
+		msg += fmt.Sprintf(" (key %q: %s)", key, ops)
+	}
 	if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
 		return fmt.Errorf("%s (visualization failed: %v)", msg, err)
 	}
 	return fmt.Errorf("%s; visualization: %s", msg, path)
+}
+
+// illegalKey finds the first key whose own history is not linearizable and
+// describes its operations in call order (simulated ms), for the failure
+// message: the visualization is hard to read on a big history.
+func (s *Sim) illegalKey() (string, string) {
+	byKey := map[string][]porcupine.Operation{}
+	var keys []string
+	for _, op := range s.history {
+		k := op.Input.(kvInput).key
+		if _, ok := byKey[k]; !ok {
+			keys = append(keys, k)
+		}
+		byKey[k] = append(byKey[k], op)
+	}
+	for _, k := range keys {
+		ops := byKey[k]
+		if porcupine.CheckOperations(kvModel, ops) {
+			continue
+		}
+		var b strings.Builder
+		for _, op := range ops {
+			in, out := op.Input.(kvInput), op.Output.(kvOutput)
+			what := "get -> " + out.value
+			if in.put {
+				what = "put " + in.value
+				if out.unknown {
+					what += " (unknown)"
+				}
+			}
+			end := "inf"
+			if op.Return < math.MaxInt64/2 {
+				end = fmt.Sprint(time.Duration(op.Return).Milliseconds())
+			}
+			fmt.Fprintf(&b, "[c%d %d-%s %s] ", op.ClientId, time.Duration(op.Call).Milliseconds(), end, what)
+		}
+		return k, b.String()
+	}
+	return "", ""
 }

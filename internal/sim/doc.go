@@ -126,4 +126,10 @@
 //     fail-stopped its node during the phase and nothing restarted it;
 //     the phase now crash-restarts nodes with a failing disk. Seed 47 of
 //     120 s runs (make sim-long; also 263 and 387).
+//   - group: a MsgProp the network duplicated was appended twice by the
+//     leader, so one put was applied, overwritten, and applied again — a
+//     read saw an older value come back (porcupine). The leader now drops
+//     forwarded entries whose key is among its newest 1024 entries. Seed
+//     257 with eager quiescence (TestSimEagerQuiesce; the bug does not
+//     need quiescence, that run merely hit it).
 package sim

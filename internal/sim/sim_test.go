@@ -38,14 +38,21 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// shape is a simulated cluster's size.
-type shape struct{ nodes, shards, replicas int }
+// shape is a simulated cluster's size; quiesce, when set, overrides the
+// options' QuiesceTicks.
+type shape struct {
+	nodes, shards, replicas int
+	quiesce                 int
+}
 
 var (
-	small = shape{3, 4, 3}
+	small = shape{nodes: 3, shards: 4, replicas: 3}
+	// eager quiesces after one idle heartbeat, as the engine's default
+	// does: shards flap between asleep and awake all the time.
+	eager = shape{nodes: 3, shards: 4, replicas: 3, quiesce: 1}
 	// full is the canonical configuration (TESTING.md); fullShards may
 	// lower its shard count under the race detector (race_on_test.go).
-	full = shape{5, fullShards, 5}
+	full = shape{nodes: 5, shards: fullShards, replicas: 5}
 )
 
 // runSeeds runs count seeds of a shape (or the one -seed), in parallel,
@@ -109,7 +116,8 @@ func runOne(t *testing.T, sh shape, seed uint64, dur time.Duration) (Result, err
 
 // testOptions are the options of a test run of a shape.
 func testOptions(t *testing.T, sh shape, seed uint64, dur time.Duration) Options {
-	o := Options{Seed: seed, Nodes: sh.nodes, Shards: sh.shards, Replicas: sh.replicas, Duration: dur}
+	o := Options{Seed: seed, Nodes: sh.nodes, Shards: sh.shards, Replicas: sh.replicas, Duration: dur,
+		QuiesceTicks: sh.quiesce}
 	if raceEnabled {
 		o.Clients = raceClients + sh.shards/5
 	}
@@ -127,6 +135,12 @@ func (w logWriter) Write(p []byte) (int, error) {
 // simulated seconds each.
 func TestSimSmall(t *testing.T) {
 	runSeeds(t, "TestSimSmall", small, 64, 60*time.Second)
+}
+
+// TestSimEagerQuiesce runs 32 seeds of the small shape whose shards
+// quiesce after one idle heartbeat (the engine's default ratio).
+func TestSimEagerQuiesce(t *testing.T) {
+	runSeeds(t, "TestSimEagerQuiesce", eager, 32, 60*time.Second)
 }
 
 // TestSimFull runs 32 seeds of the canonical 5 nodes × 100 shards × 5
@@ -165,6 +179,9 @@ var regressions = []regression{
 	{seed: 47, shape: small, dur: 120 * time.Second, why: "simulator: a disk armed to fail just before the " +
 		"liveness phase fail-stopped its node during the phase, and nothing restarted it (liveness now " +
 		"crash-restarts nodes with a failing disk; also seeds 263 and 387 of make sim-long)"},
+	{seed: 257, shape: eager, why: "a duplicated MsgProp was appended twice by the leader: a put applied, " +
+		"overwritten, then applied again, and a read saw the older value come back (group: the leader drops " +
+		"forwarded entries whose key is among its newest 1024 entries)"},
 }
 
 // openRegression returns the open regression pinned for seed in shape.
@@ -204,7 +221,7 @@ func TestSimRegression(t *testing.T) {
 // everything but the wall time.
 func TestSimDeterministic(t *testing.T) {
 	run := func() Result {
-		res, err := Run(testOptions(t, shape{3, 6, 3}, 7, 20*time.Second))
+		res, err := Run(testOptions(t, shape{nodes: 3, shards: 6, replicas: 3}, 7, 20*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +242,7 @@ func TestSimSpeed(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("speed is measured without -race")
 	}
-	res, err := Run(testOptions(t, shape{5, 100, 5}, 1, 60*time.Second))
+	res, err := Run(testOptions(t, shape{nodes: 5, shards: 100, replicas: 5}, 1, 60*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
