@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -80,10 +81,40 @@ func (c *cluster) waitQuiesced(ctx context.Context, timeout time.Duration, stder
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for quiescence: %w (%s)", ctx.Err(), missing)
+			return fmt.Errorf("waiting for quiescence: %w (%s)%s", ctx.Err(), missing, c.awakeReplicas(5))
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// awakeReplicas describes up to max shards with a replica that is not
+// quiesced, every replica's status of each: what kept them awake.
+func (c *cluster) awakeReplicas(max int) string {
+	nodes := c.nodeList()
+	var b strings.Builder
+	found := 0
+	for id, n := range nodes {
+		for _, s := range c.onNode[id] {
+			if found == max {
+				return b.String()
+			}
+			st, err := n.ShardStatus(s)
+			if err != nil || st.Quiesced {
+				continue
+			}
+			found++
+			fmt.Fprintf(&b, "\nshard %d awake on node %d:", s, id)
+			for _, m := range c.place[s] {
+				if mn := nodes[m]; mn != nil {
+					if ms, err := mn.ShardStatus(s); err == nil {
+						fmt.Fprintf(&b, " [node %d %s term %d lead %d commit %d applied %d last %d quiesced %v]",
+							m, ms.Role, ms.Term, ms.Leader, ms.Commit, ms.Applied, ms.LastIndex, ms.Quiesced)
+					}
+				}
+			}
+		}
+	}
+	return b.String()
 }
 
 // sleepCtx sleeps for d, calling tick every period (if > 0) with the time

@@ -372,3 +372,34 @@ func TestDuplicateForwardAppendedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A quiesce message reaching a pre-candidate of the leader's term — the
+// transport hands coalesced heartbeats on after the rest of their frame, so
+// it can overtake the heartbeat sent before it — makes it a follower and
+// quiesces it; dropping it left the replica calling elections for ever.
+func TestQuiesceReachesPreCandidate(t *testing.T) {
+	log := group.NewMemoryLog(raftpb.ConfState{Voters: []raftpb.NodeID{1, 2, 3}})
+	g, err := group.New(group.Config{ID: 2, Shard: 1, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb := raftpb.Message{Type: raftpb.MsgHeartbeat, Shard: 1, From: 1, To: 2, Term: 1}
+	if err := g.Step(hb); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Campaign(); err != nil {
+		t.Fatal(err)
+	}
+	if st := g.BasicStatus(); st.Role != group.PreCandidate || st.HardState.Term != 1 {
+		t.Fatalf("want a pre-candidate at term 1, got %v at %d", st.Role, st.HardState.Term)
+	}
+	last, _ := log.LastIndex()
+	lastTerm, _ := log.Term(last)
+	q := raftpb.Message{Type: raftpb.MsgQuiesce, Shard: 1, From: 1, To: 2, Term: 1, Index: last, LogTerm: lastTerm}
+	if err := g.Step(q); err != nil {
+		t.Fatal(err)
+	}
+	if st := g.BasicStatus(); st.Role != group.Follower || st.Lead != 1 || !g.Quiesced() {
+		t.Fatalf("after the quiesce message: %v lead %d quiesced %v", st.Role, st.Lead, g.Quiesced())
+	}
+}

@@ -19,6 +19,10 @@ func (g *Group) stepFollower(m *raftpb.Message) error {
 		g.heardFromLeader(m.From)
 		return g.handleSnapshot(m)
 	case raftpb.MsgQuiesce:
+		// Only a leader of our term sends it: it names the leader as well
+		// as an append would (a follower that restarted, or lost track,
+		// may know none).
+		g.heardFromLeader(m.From)
 		g.handleQuiesce(m)
 	case raftpb.MsgTimeoutNow:
 		if g.promotable() && !g.log.hasUnreleasedConfChange(g.confIndex) {
