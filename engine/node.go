@@ -68,10 +68,12 @@ type replica struct {
 	id  raftpb.ShardID
 	cfg ShardConfig
 
-	step, apply  schedSlot
-	awake        awakeSlot // guarded by Node.awake's mutex
-	onDisk       bool      // its state machine keeps durable state (S41)
-	quiesced     atomic.Bool
+	step, apply schedSlot
+	awake       awakeSlot // guarded by Node.awake's mutex
+	onDisk      bool      // its state machine keeps durable state (S41)
+	// quiesced is the step worker's view (the scheduler orders the
+	// workers that step one replica); the ticker reads the awake set.
+	quiesced     bool
 	reportedStop atomic.Bool
 	// applyBarrier counts this replica's Readys whose apply waits for their
 	// flush; while any is outstanding, later committed entries wait too.
@@ -317,12 +319,10 @@ func (n *Node) StopShard(shardID uint64) error {
 		n.rebuildListLocked()
 	}
 	n.mu.Unlock()
-	if ok {
-		n.awake.leave(r)
-	}
 	if !ok {
 		return fmt.Errorf("%w: %d", ErrShardNotFound, shardID)
 	}
+	n.awake.leave(r)
 	r.Stop(nil)
 	_ = r.CloseStateMachine()
 	n.events.shardStopped(shardID, nil)

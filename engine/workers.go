@@ -63,8 +63,8 @@ func (n *Node) stepWorker() {
 		for _, r := range batch {
 			var res stepRes
 			rds, res = n.stepReplica(r, rds[:0])
-			if res.quiesced != r.quiesced.Load() {
-				r.quiesced.Store(res.quiesced)
+			if res.quiesced != r.quiesced {
+				r.quiesced = res.quiesced
 				n.awake.set(r, !res.quiesced)
 				if res.quiesced {
 					n.m.quiesces.Inc()
@@ -73,42 +73,35 @@ func (n *Node) stepWorker() {
 			for i := range rds {
 				rd := &rds[i]
 				msgs = n.routeMessages(r, rd.Messages, msgs)
-				if !rd.NeedsAdvance() && r.applyBarrier.Load() == 0 && !r.onDisk {
+				// A barrier Ready's apply waits for its flush, and so does
+				// every later Ready's until then (apply order). The rest
+				// are durable and committed: applied now, not after the
+				// flush that records the commit index — except for a
+				// state machine of its own durable state, which could
+				// record an applied index beyond the durable commit and
+				// refuse to open after a crash (S41).
+				barrier := rd.Snapshot != nil || rd.ConfState != nil || r.applyBarrier.Load() > 0
+				if len(rd.CommittedEntries) > 0 && !barrier && !r.onDisk {
+					r.ApplyEarly(rd.CommittedEntries)
+					rd.CommittedEntries = nil
+					early = append(early, r)
+				}
+				if !rd.NeedsAdvance() && !barrier && !r.onDisk {
 					// It moves at most the commit index, which Raft never
 					// needs durable: written with this pass but waited
-					// for by nothing, its entries applied at once. Saves
-					// a flush round trip and a step per commit.
+					// for by nothing. Saves a flush round trip and a step
+					// per commit. Persisted hands the message slices back.
 					if rd.MustPersist() {
 						req.Updates = append(req.Updates, n.toUpdate(r.id, rd))
 					}
-					if len(rd.CommittedEntries) > 0 {
-						r.ApplyEarly(rd.CommittedEntries)
-						early = append(early, r)
-					}
-					// Hands the message slices back to the core.
-					rd.CommittedEntries = nil
 					r.Persisted(*rd)
 					continue
 				}
 				req.Updates = append(req.Updates, n.toUpdate(r.id, rd))
-				it := persisted{r: r, rd: *rd}
-				switch {
-				case rd.Snapshot != nil || rd.ConfState != nil || r.applyBarrier.Load() > 0:
-					// Its apply waits for its flush, and so does every
-					// later Ready's until then (apply order).
-					it.barrier = true
+				if barrier {
 					r.applyBarrier.Add(1)
-				case len(rd.CommittedEntries) > 0 && !r.onDisk:
-					// Durable and committed: apply now, not after the
-					// flush that records the commit index. Not for a
-					// state machine of its own durable state: it could
-					// record an applied index beyond the durable commit,
-					// and refuse to open after a crash (S41).
-					r.ApplyEarly(rd.CommittedEntries)
-					it.rd.CommittedEntries = nil
-					early = append(early, r)
 				}
-				ps.items = append(ps.items, it)
+				ps.items = append(ps.items, persisted{r: r, rd: *rd, barrier: barrier})
 			}
 		}
 		if len(early) > 0 {
