@@ -202,7 +202,12 @@ func (g *Group) handleAppendResponse(pr *tracker.Progress, m *raftpb.Message) {
 		g.lg.Warn("append response beyond our log ignored", "shard", g.shard, "from", m.From, "index", m.Index)
 		return
 	}
-	if !pr.MaybeUpdate(m.Index) {
+	// A probe answered at the match we know already (an empty probe of a
+	// caught-up follower) confirms the follower's log all the same:
+	// without this, a follower put back to probing while nothing new was
+	// proposed stayed there, and its shard could never quiesce.
+	caughtUpProbe := pr.State == tracker.StateProbe && m.Index == pr.Match
+	if !pr.MaybeUpdate(m.Index) && !caughtUpProbe {
 		// Stale or duplicate (S13): match never moves back.
 		return
 	}
@@ -238,7 +243,9 @@ func (g *Group) handleHeartbeatResponse(pr *tracker.Progress, m *raftpb.Message)
 		pr.ReadAck = m.Context
 		g.confirmRounds()
 	}
-	if pr.Match < g.log.lastIndex() || pr.SentCommit < g.log.committed {
+	// A probing follower is probed even when it holds everything: the
+	// answer puts it back to replicating (see handleAppendResponse).
+	if pr.Match < g.log.lastIndex() || pr.SentCommit < g.log.committed || pr.State == tracker.StateProbe {
 		g.maybeSendAppend(pr, true)
 	}
 }

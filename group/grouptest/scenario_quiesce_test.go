@@ -3,6 +3,7 @@ package grouptest
 import (
 	"testing"
 
+	"github.com/shardd/shardd/group/tracker"
 	"github.com/shardd/shardd/raftpb"
 )
 
@@ -339,6 +340,43 @@ func TestQuiesceWithHeartbeatsQueued(t *testing.T) {
 	}
 	if !g.Quiesce() {
 		t.Fatal("idle leader with heartbeats queued refused to quiesce")
+	}
+	c.Stabilize()
+	for _, id := range c.IDs {
+		if !c.R(id).G.Quiesced() {
+			t.Fatalf("replica %d not quiesced", id)
+		}
+	}
+	if err := c.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A caught-up follower put back to probing while nothing is proposed (its
+// node was reported unreachable, and came back) returns to replicating at
+// the next heartbeat round, so the idle shard can still quiesce. Before,
+// the probe's answer carried the match the leader knew already, was taken
+// for a stale one, and the follower stayed probing: the leader refused to
+// quiesce for ever (found by the simulator's idle-quiescence check).
+func TestQuiesceAfterCaughtUpFollowerProbed(t *testing.T) {
+	c := newQuiesceCluster(t, 1, 2, 3)
+	lead := qElect(t, c)
+	follower := raftpb.NodeID(1)
+	if follower == lead {
+		follower = 2
+	}
+	g := c.R(lead).G
+	g.ReportUnreachable(follower)
+	if st := g.Status().Progress[follower].State; st != tracker.StateProbe {
+		t.Fatalf("follower %d is %v after being reported unreachable, want probing", follower, st)
+	}
+	c.TickAll()
+	c.Stabilize()
+	if st := g.Status().Progress[follower].State; st != tracker.StateReplicate {
+		t.Fatalf("caught-up follower %d still %v after a heartbeat round", follower, st)
+	}
+	if !g.Quiesce() {
+		t.Fatalf("idle leader refused to quiesce: %+v", g.Status())
 	}
 	c.Stabilize()
 	for _, id := range c.IDs {

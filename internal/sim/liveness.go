@@ -19,7 +19,7 @@ import (
 func (s *Sim) liveness() error {
 	fmt.Fprintf(s.opts.Log, "t=%v liveness phase\n", s.now)
 	s.net.HealAll()
-	s.net.SetDefaultFaults(transporttest.Faults{MinDelay: s.f.MinDelay, MaxDelay: s.f.MaxDelay})
+	s.net.SetDefaultFaults(transporttest.Faults{MinDelay: s.f.MinDelay, MaxDelay: s.f.MaxDelay, FrameRate: s.f.FrameRate})
 	for _, n := range s.nodes {
 		n.pausedUntil = 0
 		n.crashMid = 0
@@ -46,13 +46,61 @@ func (s *Sim) liveness() error {
 			s.stats.Converged = s.now - start
 			fmt.Fprintf(s.opts.Log, "t=%v converged after %v\n", s.now, s.stats.Converged)
 			s.finalReads(leaders)
-			return s.err
+			if s.err != nil || s.opts.QuiesceTicks <= 0 {
+				return s.err
+			}
+			return s.quiescence()
 		}
 		if s.now-start >= timeout {
 			return fmt.Errorf("t=%v: liveness: not converged %v after healing (%d election timeouts): %s",
 				s.now, s.now-start, s.opts.LivenessTimeouts, why)
 		}
 	}
+}
+
+// quiescence lets the healed, idle cluster run on and requires every
+// replica of every shard to be quiesced at once within QuiesceTicks plus
+// LivenessTimeouts election timeouts: an idle shard that stays awake — a
+// replica that keeps calling elections nobody answers next to a leader
+// that keeps quiescing — costs for ever what quiescence is there to save.
+func (s *Sim) quiescence() error {
+	start := s.now
+	timeout := time.Duration(s.opts.QuiesceTicks+s.opts.LivenessTimeouts*s.opts.ElectionTicks) * s.opts.Tick
+	for {
+		why := s.awakeShard()
+		if why == "" {
+			s.stats.Quiesced = s.now - start
+			fmt.Fprintf(s.opts.Log, "t=%v quiesced after %v\n", s.now, s.stats.Quiesced)
+			return nil
+		}
+		if s.now-start >= timeout {
+			return fmt.Errorf("t=%v: liveness: idle shards not quiesced %v after converging: %s", s.now, s.now-start, why)
+		}
+		s.step(false)
+		if s.err != nil {
+			return s.err
+		}
+	}
+}
+
+// awakeShard names a shard with a member not quiesced, or returns "".
+func (s *Sim) awakeShard() string {
+	for i := range s.opts.Shards {
+		id := raftpb.ShardID(i + 1)
+		var lead *replica
+		if w := s.shardConverged(id, &lead); w != "" {
+			return w
+		}
+		ls := lead.Status()
+		members := append(append([]raftpb.NodeID(nil), ls.Members.Voters...), ls.Members.Learners...)
+		members = append(append(members, ls.Members.VotersOutgoing...), ls.Members.LearnersNext...)
+		for _, m := range members {
+			if !s.nodes[m-1].reps[id-1].Status().Quiesced {
+				return fmt.Sprintf("shard %d's member %d is awake: %s", id, m, s.describeShard(id))
+			}
+		}
+	}
+	return ""
 }
 
 // converged returns every shard's leader, or why the cluster has not

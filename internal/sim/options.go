@@ -204,6 +204,12 @@ type Faults struct {
 	// MinDelay and MaxDelay bound each message's delay; different delays
 	// reorder messages.
 	MinDelay, MaxDelay time.Duration
+	// FrameRate is the probability that one step pass's messages to one
+	// node travel as a frame of the gRPC transport: together, with the
+	// coalesced heartbeats handed on after the rest
+	// (transporttest.Faults.FrameRate). It is the transport's shape, not a
+	// fault, so the liveness phase keeps it.
+	FrameRate float64
 	// PartitionEvery is the mean time between partitions, PartitionFor
 	// their mean length; PartitionKinds the kinds drawn (Part* bits).
 	PartitionEvery, PartitionFor time.Duration
@@ -260,6 +266,9 @@ func (f *Faults) validate() error {
 	}
 	if f.DropRate < 0 || f.DropRate >= 1 || f.DupRate < 0 || f.DupRate >= 1 {
 		bad("DropRate", "and DupRate must be in [0, 1), got %v and %v", f.DropRate, f.DupRate)
+	}
+	if f.FrameRate < 0 || f.FrameRate > 1 {
+		bad("FrameRate", "must be in [0, 1], got %v", f.FrameRate)
 	}
 	if f.MinDelay < 0 || f.MaxDelay < f.MinDelay {
 		bad("MaxDelay", "must be at least MinDelay >= 0, got %v and %v", f.MinDelay, f.MaxDelay)
@@ -335,15 +344,20 @@ func DrawFaults(seed uint64) Faults {
 		// network's still apply).
 		f.DropRate, f.DupRate = 0, 0
 	}
+	// Drawn last, so that every earlier option of a seed is what it was
+	// before frames were modelled.
+	if r.IntN(4) != 0 {
+		f.FrameRate = 0.2 + 0.8*r.Float64()
+	}
 	return f
 }
 
 // String prints the options on one line, so a failure explains itself.
 func (f Faults) String() string {
-	return fmt.Sprintf("drop=%.3f dup=%.3f delay=%v-%v part=every %v for %v (%s) crash=every %v down %v unsynced=%d%% midflush=%.2f disk=every %v "+
+	return fmt.Sprintf("drop=%.3f dup=%.3f delay=%v-%v frames=%.2f part=every %v for %v (%s) crash=every %v down %v unsynced=%d%% midflush=%.2f disk=every %v "+
 		"pause=every %v for %v skew=±%.0f%% conf=every %v transfer=every %v snap=%d lag=%d inflight=%d msgsize=%d "+
 		"unreachable=%v cache=%d think=%v reads=%.0f%% hot=%.0f%% timeout=%v",
-		f.DropRate, f.DupRate, f.MinDelay, f.MaxDelay, f.PartitionEvery, f.PartitionFor,
+		f.DropRate, f.DupRate, f.MinDelay, f.MaxDelay, f.FrameRate, f.PartitionEvery, f.PartitionFor,
 		partKindsString(f.PartitionKinds), f.CrashEvery, f.DownFor, f.UnsyncedPercent, f.MidFlush, f.DiskErrorEvery,
 		f.PauseEvery, f.PauseFor, f.TickSkew*100, f.ConfChangeEvery, f.TransferEvery, f.SnapshotEvery,
 		f.CompactionLag, f.MaxInflightMsgs, f.MaxSizePerMsg, f.UnreachableAfter, f.CacheBytes, f.ThinkTime,

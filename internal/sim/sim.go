@@ -86,8 +86,9 @@ type Stats struct {
 	Reads           int
 	OpsFailed       int
 	Timeouts        int
-	// Converged is the simulated time the liveness phase took.
-	Converged time.Duration
+	// Converged is the simulated time the liveness phase took to converge,
+	// Quiesced the time the idle cluster then took to quiesce every replica.
+	Converged, Quiesced time.Duration
 }
 
 // Result is what Run reports.
@@ -114,10 +115,10 @@ func (r Result) Speed() float64 {
 
 func (r Result) String() string {
 	return fmt.Sprintf("seed=%d digest=%016x sim=%v wall=%v speed=%.1fx elections=%d committed=%d writes=%d/%d? reads=%d failed=%d "+
-		"crashes=%d (disk %d) partitions=%d pauses=%d conf=%d/%d transfers=%d snaps=%d sent=%d/%d failed flushes=%d msgs=%d converged=%v",
+		"crashes=%d (disk %d) partitions=%d pauses=%d conf=%d/%d transfers=%d snaps=%d sent=%d/%d failed flushes=%d msgs=%d converged=%v quiesced=%v",
 		r.Seed, r.Digest, r.Simulated, r.Wall.Round(time.Millisecond), r.Speed(), r.Elections, r.Committed,
 		r.Writes, r.WritesUnknown, r.Reads, r.OpsFailed, r.Crashes, r.DiskErrors, r.Partitions, r.Pauses, r.ConfApplied,
-		r.ConfChanges, r.Transfers, r.SnapshotsTaken, r.SnapshotsSent, r.SnapshotsFailed, r.Flushes, r.Messages, r.Converged)
+		r.ConfChanges, r.Transfers, r.SnapshotsTaken, r.SnapshotsSent, r.SnapshotsFailed, r.Flushes, r.Messages, r.Converged, r.Quiesced)
 }
 
 // propRef is a proposal and the replica it was made to.
@@ -211,7 +212,7 @@ func newSim(opts Options) (*Sim, error) {
 	s.net = transporttest.New(transporttest.Config{
 		Seed: splitmix(seed + 4),
 		Faults: transporttest.Faults{DropRate: f.DropRate, DupRate: f.DupRate,
-			MinDelay: f.MinDelay, MaxDelay: f.MaxDelay},
+			MinDelay: f.MinDelay, MaxDelay: f.MaxDelay, FrameRate: f.FrameRate},
 		UnreachableAfter: f.UnreachableAfter,
 		Manual:           true,
 	})

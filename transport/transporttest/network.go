@@ -37,6 +37,13 @@ type Faults struct {
 	// messages with different delays overtake each other, which is how
 	// the network reorders.
 	MinDelay, MaxDelay time.Duration
+	// FrameRate is the probability that the messages of one Send call to
+	// one node travel as one frame, as the gRPC transport sends them: one
+	// delay for all, one HandleMessages call, and the coalescable
+	// heartbeats (raftpb.CanCoalesce) handed on after the frame's other
+	// messages. That is how a message sent after a heartbeat can overtake
+	// it on a perfect link.
+	FrameRate float64
 }
 
 // Config configures a Network.

@@ -256,6 +256,59 @@ func TestFaults(t *testing.T) {
 	})
 }
 
+// With FrameRate 1 a Send call's messages to one node arrive in one call,
+// all at once, with coalescable heartbeats after the others — as the gRPC
+// transport hands on a frame — however the per-message delays would fall.
+// A heartbeat that cannot be coalesced keeps its place.
+func TestFrames(t *testing.T) {
+	net := New(Config{Manual: true, Seed: 7,
+		Faults: Faults{MinDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond, FrameRate: 1}})
+	defer net.Close()
+	hs, ts := startNodes(net, 3)
+	hb := raftpb.Message{Type: raftpb.MsgHeartbeat, Shard: 1, From: 1, To: 2, Term: 3, Commit: 4}
+	hbReject := raftpb.Message{Type: raftpb.MsgHeartbeatResp, Shard: 2, From: 1, To: 2, Term: 3, Reject: true}
+	quiesce := raftpb.Message{Type: raftpb.MsgQuiesce, Shard: 1, From: 1, To: 2, Term: 3, Commit: 4}
+	for round := 0; round < 20; round++ {
+		hs[2].mu.Lock()
+		hs[2].calls = nil
+		hs[2].mu.Unlock()
+		ts[1].Send([]raftpb.Message{hb, msg(1, 3, 9, 1), hbReject, quiesce, msg(1, 2, 5, 1)})
+		net.Advance(20 * time.Millisecond)
+		hs[2].mu.Lock()
+		calls := slices.Clone(hs[2].calls)
+		hs[2].mu.Unlock()
+		if len(calls) != 1 {
+			t.Fatalf("round %d: the frame arrived in %d calls", round, len(calls))
+		}
+		var types []raftpb.MessageType
+		for _, m := range calls[0] {
+			types = append(types, m.Type)
+		}
+		want := []raftpb.MessageType{raftpb.MsgHeartbeatResp, raftpb.MsgQuiesce, raftpb.MsgApp, raftpb.MsgHeartbeat}
+		if !slices.Equal(types, want) {
+			t.Fatalf("round %d: frame handed on as %v, want %v", round, types, want)
+		}
+	}
+	if got := len(hs[3].messages()); got != 20 {
+		t.Fatalf("node 3 got %d of its 20 messages", got)
+	}
+	// FrameRate 0: per-message delays, a heartbeat never waits for the rest.
+	net2 := New(Config{Manual: true, Seed: 7, Faults: Faults{MinDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}})
+	defer net2.Close()
+	hs2, ts2 := startNodes(net2, 2)
+	calls := 0
+	for round := 0; round < 20; round++ {
+		ts2[1].Send([]raftpb.Message{hb, quiesce, msg(1, 2, 5, 1)})
+	}
+	net2.Advance(20 * time.Millisecond)
+	hs2[2].mu.Lock()
+	calls = len(hs2[2].calls)
+	hs2[2].mu.Unlock()
+	if calls < 40 {
+		t.Fatalf("without frames 60 messages arrived in %d calls", calls)
+	}
+}
+
 // Cuts are one-way; Partition and Isolate cut both ways; Heal restores.
 func TestCutsAndPartitions(t *testing.T) {
 	net := New(Config{Manual: true})

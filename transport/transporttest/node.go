@@ -18,6 +18,8 @@ type envelope struct {
 	seq  uint64
 	from raftpb.NodeID
 	m    raftpb.Message
+	// framed: it travels in a frame of its Send call (Faults.FrameRate).
+	framed bool
 }
 
 func (e *envelope) less(o *envelope) bool {
@@ -123,6 +125,13 @@ func (t *memTransport) Send(msgs []raftpb.Message) {
 		return
 	}
 	now := n.nowLocked()
+	// The frame of this call to each node: whether there is one (drawn at
+	// the node's first message) and its delay.
+	type frame struct {
+		on    bool
+		delay time.Duration
+	}
+	var frames map[raftpb.NodeID]frame
 	for i := range msgs {
 		m := msgs[i]
 		pc := t.peerLocked(m.To)
@@ -148,14 +157,27 @@ func (t *memTransport) Send(msgs []raftpb.Message) {
 			copies = 2
 		}
 		dst := n.nodes[m.To]
-		for range copies {
+		fr, drawn := frames[m.To]
+		if !drawn && f.FrameRate > 0 {
+			fr = frame{on: n.rnd.Float64() < f.FrameRate, delay: n.delayLocked(f)}
+			if frames == nil {
+				frames = map[raftpb.NodeID]frame{}
+			}
+			frames[m.To] = fr
+		}
+		for c := range copies {
 			if len(dst.inbox) >= n.cfg.MaxPending {
 				t.stats.dropped.Add(1)
 				pc.dropped.Add(1)
 				continue
 			}
 			n.seq++
-			heap.Push(&dst.inbox, envelope{at: now + n.delayLocked(f), seq: n.seq, from: t.id, m: clone(m)})
+			e := envelope{at: now + n.delayLocked(f), seq: n.seq, from: t.id, m: clone(m)}
+			if fr.on && c == 0 {
+				// A duplicate travels on its own.
+				e.at, e.framed = now+fr.delay, true
+			}
+			heap.Push(&dst.inbox, e)
 		}
 		if !slices.Contains(wake, dst) {
 			wake = append(wake, dst)
@@ -214,9 +236,18 @@ func (t *memTransport) deliver(batch []envelope) {
 	}
 	pc := t.peerLocked(batch[0].from)
 	n.mu.Unlock()
-	msgs := make([]raftpb.Message, len(batch))
+	msgs := make([]raftpb.Message, 0, len(batch))
 	for i := range batch {
-		msgs[i] = batch[i].m
+		if !batch[i].framed || !raftpb.CanCoalesce(&batch[i].m) {
+			msgs = append(msgs, batch[i].m)
+		}
+	}
+	// A frame's coalesced heartbeats are expanded after its other
+	// messages, as the gRPC transport's receiver does.
+	for i := range batch {
+		if batch[i].framed && raftpb.CanCoalesce(&batch[i].m) {
+			msgs = append(msgs, batch[i].m)
+		}
 	}
 	t.stats.framesReceived.Add(1)
 	t.stats.messagesReceived.Add(uint64(len(msgs)))
