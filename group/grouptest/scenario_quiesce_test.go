@@ -341,15 +341,7 @@ func TestQuiesceWithHeartbeatsQueued(t *testing.T) {
 	if !g.Quiesce() {
 		t.Fatal("idle leader with heartbeats queued refused to quiesce")
 	}
-	c.Stabilize()
-	for _, id := range c.IDs {
-		if !c.R(id).G.Quiesced() {
-			t.Fatalf("replica %d not quiesced", id)
-		}
-	}
-	if err := c.Err(); err != nil {
-		t.Fatal(err)
-	}
+	qSettled(t, c)
 }
 
 // A caught-up follower put back to probing while nothing is proposed (its
@@ -378,6 +370,13 @@ func TestQuiesceAfterCaughtUpFollowerProbed(t *testing.T) {
 	if !g.Quiesce() {
 		t.Fatalf("idle leader refused to quiesce: %+v", g.Status())
 	}
+	qSettled(t, c)
+}
+
+// qSettled delivers everything and requires every replica quiesced and the
+// oracle content.
+func qSettled(t *testing.T, c *Cluster) {
+	t.Helper()
 	c.Stabilize()
 	for _, id := range c.IDs {
 		if !c.R(id).G.Quiesced() {
