@@ -8,7 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +27,7 @@ import (
 
 	sharddv1 "github.com/shardd/shardd/api/shardd/v1"
 	"github.com/shardd/shardd/client"
+	"github.com/shardd/shardd/internal/testports"
 )
 
 // sharddBin is the daemon built once for the process tests.
@@ -66,13 +67,18 @@ type procCluster struct {
 	logs                    map[uint64]*os.File
 }
 
+// ports hands out the daemons' addresses from below the ephemeral range:
+// a ":0" port released for a daemon to bind could be taken meanwhile by an
+// outgoing connection of a test running beside this one (CI saw a node
+// never start).
+var ports = testports.New(rand.Uint64())
+
 func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := ports.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func newProcCluster(t *testing.T, n, replicas int, shards uint64) *procCluster {
@@ -163,7 +169,11 @@ func (c *procCluster) waitReady(id uint64, d time.Duration) nodeStatus {
 			}
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("node %d not ready after %v (last error %v)", id, d, err)
+			log, _ := os.ReadFile(filepath.Join(c.dir, fmt.Sprintf("node%d.log", id)))
+			if len(log) > 4000 {
+				log = log[len(log)-4000:]
+			}
+			c.t.Fatalf("node %d not ready after %v (last error %v); the end of its log:\n%s", id, d, err, log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -6,8 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shardd/shardd/internal/testports"
 )
 
 // buildShardd builds the daemon once into dir and returns the binary's
@@ -93,58 +93,17 @@ type node struct {
 	starts     int
 }
 
-// portPicker hands out loopback ports for the nodes' listeners. They
-// come from below the kernel's ephemeral range: a port picked from that
-// range (":0") and released could be taken, before the node binds it or
-// while the node is down, by any outgoing connection — and the proxies
-// and nodes make many.
-type portPicker struct {
-	rnd  *rand.Rand
-	used map[int]bool
-	low  int // first ephemeral port
-}
-
-func newPortPicker(seed uint64) *portPicker {
-	p := &portPicker{rnd: rand.New(rand.NewPCG(seed, 0x706f7274)), used: map[int]bool{}, low: 32768}
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
-				p.low = n
-			}
-		}
-	}
-	return p
-}
-
-func (p *portPicker) addr() (string, error) {
-	for range 1000 {
-		port := 10000 + p.rnd.IntN(p.low-10000)
-		if p.used[port] {
-			continue
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		l.Close()
-		p.used[port] = true
-		return addr, nil
-	}
-	return "", fmt.Errorf("no free port below %d", p.low)
-}
-
 // startCluster starts the proxies and every node; it does not wait for
 // the shards to elect leaders (waitLed does).
 func startCluster(cfg clusterConfig) (*cluster, error) {
 	c := &cluster{cfg: cfg, links: map[[2]uint64]*linkProxy{}}
-	ports := newPortPicker(cfg.seed)
+	ports := testports.New(cfg.seed)
 	n := uint64(cfg.nodes)
 	for id := uint64(1); id <= n; id++ {
 		nd := &node{id: id, dataDir: filepath.Join(cfg.dir, fmt.Sprintf("node%d", id)),
 			logPath: filepath.Join(cfg.dir, fmt.Sprintf("node%d.log", id)), state: nodeDead}
 		for _, a := range []*string{&nd.raft, &nd.client, &nd.metrics} {
-			addr, err := ports.addr()
+			addr, err := ports.Addr()
 			if err != nil {
 				return nil, err
 			}
