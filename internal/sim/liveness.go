@@ -7,6 +7,7 @@ import (
 
 	"github.com/shardd/shardd/group"
 	"github.com/shardd/shardd/raftpb"
+	"github.com/shardd/shardd/shard"
 	"github.com/shardd/shardd/transport/transporttest"
 )
 
@@ -91,10 +92,7 @@ func (s *Sim) awakeShard() string {
 		if w := s.shardConverged(id, &lead); w != "" {
 			return w
 		}
-		ls := lead.Status()
-		members := append(append([]raftpb.NodeID(nil), ls.Members.Voters...), ls.Members.Learners...)
-		members = append(append(members, ls.Members.VotersOutgoing...), ls.Members.LearnersNext...)
-		for _, m := range members {
+		for _, m := range allMembers(lead.Status()) {
 			if !s.nodes[m-1].reps[id-1].Status().Quiesced {
 				return fmt.Sprintf("shard %d's member %d is awake: %s", id, m, s.describeShard(id))
 			}
@@ -150,9 +148,7 @@ func (s *Sim) shardConverged(id raftpb.ShardID, leader **replica) string {
 	if ls.Applied != ls.LastIndex || ls.Commit != ls.LastIndex {
 		return fmt.Sprintf("shard %d's leader %d has applied %d, commit %d, last %d", id, lead.node.id, ls.Applied, ls.Commit, ls.LastIndex)
 	}
-	members := append(append([]raftpb.NodeID(nil), ls.Members.Voters...), ls.Members.Learners...)
-	members = append(append(members, ls.Members.VotersOutgoing...), ls.Members.LearnersNext...)
-	for _, m := range members {
+	for _, m := range allMembers(ls) {
 		if int(m) > len(s.nodes) || !s.nodes[m-1].up {
 			return fmt.Sprintf("shard %d's member %d is down", id, m)
 		}
@@ -168,6 +164,14 @@ func (s *Sim) shardConverged(id raftpb.ShardID, leader **replica) string {
 	}
 	*leader = lead
 	return ""
+}
+
+// allMembers lists every member of a replica's configuration: voters,
+// learners, and both sides of a joint one.
+func allMembers(st shard.Status) []raftpb.NodeID {
+	ms := st.Members
+	members := append(append([]raftpb.NodeID(nil), ms.Voters...), ms.Learners...)
+	return append(append(members, ms.VotersOutgoing...), ms.LearnersNext...)
 }
 
 // describeShard lists the status of every replica of a shard.
